@@ -1,0 +1,61 @@
+"""The `distillery` command. User mistakes end in one line on stderr and exit code 2, never a stack trace."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from distill.errors import DistilleryError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distillery", description="Distil teachers into one small student.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train the teacher, distil the student, evaluate, report")
+    run.add_argument("config", nargs="?", help="YAML config (default: the embedded demo on scikit-learn's digits)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set student.loss.temperature=20 (repeatable)")
+    run.add_argument("--out", help="run folder (default: runs/<UTC time>)")
+    run.add_argument("--data-root", help="data root (default: $DISTILLERY_DATA, else the per-user cache)")
+    run.add_argument("--download", action="store_true", help="allow downloading a missing data set")
+    run.add_argument("--verbose", "-v", action="store_true", help="log every epoch")
+    return parser
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from distill.config import load_config
+    from distill.data import resolve_data_root
+    from distill.pipeline import run
+
+    config = load_config(args.config, args.overrides)
+    data_root = resolve_data_root(args.data_root)
+    out_dir = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DistilleryError(f"--out {out_dir} is a file, not a folder")
+    metrics = run(config, out_dir, data_root, args.download, progress=sys.stderr.isatty())
+    for name, model in metrics["models"].items():
+        print(f"{name:>20}: accuracy {model['accuracy']:.4f}, errors {model['errors']}")
+    print(f"report: {out_dir / 'report.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return command_run(args)
+    except DistilleryError as error:
+        print(f"distillery: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("distillery: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

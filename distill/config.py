@@ -1,0 +1,272 @@
+"""Typed run configuration: dataclasses are the schema, YAML is only their saved form.
+
+`load_config(path, overrides)` reads YAML, applies `--set a.b=c` overrides and builds the dataclasses,
+rejecting unknown keys, wrong types and impossible values with a ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.errors import ConfigError
+
+
+@dataclass
+class ModelSpec:
+    """An architecture from the model registry and the keyword arguments it is built with."""
+
+    name: str = "mlp"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Which registered data set to load, and its loader's options (checked against its signature)."""
+
+    name: str = "digits"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """One training run: SGD with Nesterov momentum under a one-cycle (or constant) learning rate."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    schedule: str = "onecycle"
+    augment_shift: int = 0
+
+    def validate(self, where: str) -> None:
+        _require(self.epochs >= 1, f"{where}.epochs must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 1, f"{where}.batch_size must be >= 1, got {self.batch_size}")
+        _require(self.lr > 0, f"{where}.lr must be > 0, got {self.lr}")
+        _require(0 <= self.momentum < 1, f"{where}.momentum must be in [0, 1), got {self.momentum}")
+        _require(self.weight_decay >= 0, f"{where}.weight_decay must be >= 0, got {self.weight_decay}")
+        _require(self.schedule in ("onecycle", "constant"),
+                 f"{where}.schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
+        _require(self.augment_shift >= 0, f"{where}.augment_shift must be >= 0, got {self.augment_shift}")
+
+
+@dataclass
+class TeacherConfig:
+    """The cumbersome model; `checkpoint` loads a trained one instead of training it."""
+
+    model: ModelSpec = field(default_factory=lambda: ModelSpec("mlp", {"hidden": [256, 256], "dropout_input": 0.1,
+                                                                       "dropout_hidden": 0.3, "max_norm": 3.5}))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, batch_size=32, lr=0.1))
+    checkpoint: str | None = None
+
+
+@dataclass
+class TransferConfig:
+    """The inputs the student learns from: a random fraction of the training set, minus class filters."""
+
+    fraction: float = 1.0
+    omit_classes: list[int] = field(default_factory=list)
+    keep_classes: list[int] | None = None
+
+    def validate(self) -> None:
+        _require(0 < self.fraction <= 1, f"transfer.fraction must be in (0, 1], got {self.fraction}")
+        _require(not (self.omit_classes and self.keep_classes is not None),
+                 "transfer.omit_classes and transfer.keep_classes cannot both be set")
+
+
+@dataclass
+class LossWeights:
+    """The paper's weighted objective: w_soft * T^2 * soft-target term + w_hard * hard-label term."""
+
+    temperature: float = 10.0
+    w_soft: float = 1.0
+    w_hard: float = 0.2
+
+    def validate(self, where: str) -> None:
+        _require(self.temperature > 0, f"{where}.temperature must be > 0, got {self.temperature}")
+        _require(self.w_soft >= 0 and self.w_hard >= 0, f"{where}: w_soft and w_hard must be >= 0")
+        _require(self.w_soft + self.w_hard > 0, f"{where}: w_soft + w_hard must be > 0 (both are zero)")
+
+
+@dataclass
+class StudentConfig:
+    """The small model, trained on the teacher's soft targets over the transfer set."""
+
+    model: ModelSpec = field(default_factory=lambda: ModelSpec("mlp", {"hidden": [64, 64]}))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, batch_size=32, lr=0.05))
+    loss: LossWeights = field(default_factory=LossWeights)
+
+
+@dataclass
+class BaselineConfig:
+    """The student's architecture and schedule trained on the transfer set's hard labels only."""
+
+    enabled: bool = True
+
+
+@dataclass
+class BiasConfig:
+    """Output-bias correction for classes absent from the transfer set (method.md section 2).
+
+    `fixed` maps class -> logit shift (the paper's {3: 3.5}, or {7: -7.6, 8: -7.6}); `auto` picks one
+    shift for the absent classes without test labels, by matching the training-set class prior.
+    """
+
+    fixed: dict[int, float] = field(default_factory=dict)
+    auto: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A teacher, its soft targets on a transfer set, a distilled student and a hard-label baseline."""
+
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    bias: BiasConfig = field(default_factory=BiasConfig)
+
+    def validate(self) -> None:
+        _require(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
+        _require(self.device in ("cpu", "cuda", "auto"), f"device must be cpu, cuda or auto, got {self.device!r}")
+        self.teacher.train.validate("teacher.train")
+        self.student.train.validate("student.train")
+        self.student.loss.validate("student.loss")
+        self.transfer.validate()
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from plain data, checking every key and type; errors name the dotted key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else str(unknown[0])
+        raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
+    values = {name: _coerce(hints[name], value, f"{where}.{name}" if where else name) for name, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(hint)
+        return {_coerce(key_type, k, f"{key}.{k}"): _coerce(value_type, v, f"{key}.{k}") for k, v in value.items()}
+    return _coerce_scalar(hint, value, key)
+
+
+def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)  # YAML mapping keys such as class ids arrive as strings from --set
+    if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"config key '{key}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 3, 0.5, [1, 2], null work)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
+    dotted, raw = assignment.split("=", 1)
+    parts = dotted.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set has an empty key in {assignment!r}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {dotted}: cannot parse value {raw!r}") from None
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """The embedded default, updated from the YAML file at `path` and then from `overrides`."""
+    data = to_dict(RunConfig())
+    if path is not None:
+        _merge(data, _read_yaml(Path(path)))
+    for assignment in overrides:
+        apply_override(data, assignment)
+    config = from_dict(RunConfig, data)
+    config.validate()
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config path is a directory, not a YAML file: {path}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return loaded
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    """Deep-merge `update` into `base`.
+
+    A model spec is replaced whole, so a YAML naming another architecture does not inherit the default's kwargs;
+    free-form mappings (data options, bias shifts) are values, not sections, and are replaced whole too.
+    """
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in ("model", "options", "fixed"):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

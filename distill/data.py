@@ -1,0 +1,272 @@
+"""Data sets as in-memory tensors, a registry to load them by name, and transfer sets.
+
+Every loader returns a `Dataset` with float inputs (images as N x 1 x H x W in [0, 1], vectors as N x D),
+int64 labels, and, where the data set knows one, the coarse group of each class.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from distill.errors import ConfigError, DataError
+from distill.storage import atomic_torch_save, cache_home
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    groups: torch.Tensor | None = None  # coarse group of each class, where the data set knows one
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+_LOADERS: dict[str, Callable[..., Dataset]] = {}
+
+
+def register_dataset(name: str):
+    def decorator(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
+        _LOADERS[name] = loader
+        return loader
+    return decorator
+
+
+def dataset_names() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def resolve_data_root(cli_root: str | None) -> Path:
+    """`--data-root`, else $DISTILLERY_DATA, else the per-user cache folder."""
+    root = cli_root or os.environ.get("DISTILLERY_DATA") or cache_home() / "data"
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data root {root} is a file, not a folder")
+    return root
+
+
+def load_dataset(name: str, root: Path, options: dict | None = None, download: bool = False) -> Dataset:
+    """Load the registered data set `name` with its options, which are checked against the loader's signature."""
+    if name not in _LOADERS:
+        raise ConfigError(f"unknown data set '{name}' in data.name (known: {', '.join(dataset_names())})")
+    loader = _LOADERS[name]
+    options = dict(options or {})
+    accepted = {p for p in inspect.signature(loader).parameters if p not in ("root", "download")}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(f"unknown option '{unknown[0]}' in data.options for '{name}' "
+                          f"(known: {', '.join(sorted(accepted)) or 'none'})")
+    return loader(root=Path(root), download=download, **options)
+
+
+def _images(uint8: torch.Tensor) -> torch.Tensor:
+    return uint8.to(torch.float32).div_(255.0).unsqueeze(1)
+
+
+def _torchvision_idx(cls_name: str, folder: str, root: Path, download: bool) -> Dataset:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, cls_name)
+    expected = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    raw = root / folder / "raw"
+    missing = [name for name in expected if not (raw / name).is_file()]
+    if missing and not download:
+        raise DataError(f"{folder} not found: expected {', '.join(expected)} in {raw} (pass --download to fetch them)")
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except (RuntimeError, ValueError, AssertionError, OSError) as error:
+        raise DataError(f"{folder} files in {raw} cannot be read ({error}); they may be truncated") from None
+    return Dataset(folder.lower(), _images(train.data), train.targets.long(), _images(test.data),
+                   test.targets.long(), num_classes=10)
+
+
+@register_dataset("mnist")
+def load_mnist(root: Path, download: bool = False) -> Dataset:
+    return _torchvision_idx("MNIST", "MNIST", root, download)
+
+
+@register_dataset("fashion_mnist")
+def load_fashion_mnist(root: Path, download: bool = False) -> Dataset:
+    return _torchvision_idx("FashionMNIST", "FashionMNIST", root, download)
+
+
+@register_dataset("digits")
+def load_digits(root: Path, download: bool = False, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images): no download, the embedded default's data."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"data.options.test_fraction must be in (0, 1), got {test_fraction}")
+    bunch = sklearn_digits()
+    x = torch.tensor(bunch.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=seed,
+                                           stratify=bunch.target)
+    return Dataset("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], num_classes=10)
+
+
+@register_dataset("synthetic")
+def load_synthetic(root: Path, download: bool = False, classes: int = 100, groups: int = 10, dim: int = 64,
+                   train_per_class: int = 50, test_per_class: int = 20, group_spread: float = 6.0,
+                   class_spread: float = 1.5, noise: float = 1.0, seed: int = 0) -> Dataset:
+    """A large label set with known confusable structure.
+
+    Group centres are drawn with scale `group_spread` (far apart); each class centre is its group's centre plus
+    an offset of scale `class_spread` (close to its siblings); each example is its class centre plus Gaussian
+    noise of scale `noise`. Class c belongs to group c % groups, so groups have equal sizes (+-1).
+    """
+    if classes < 2 or not 1 <= groups <= classes:
+        raise ConfigError(f"synthetic data needs classes >= 2 and 1 <= groups <= classes, got {classes}, {groups}")
+    if dim < 1 or train_per_class < 1 or test_per_class < 1:
+        raise ConfigError("synthetic data needs dim, train_per_class and test_per_class >= 1")
+    generator = torch.Generator().manual_seed(seed)
+    group_of_class = torch.arange(classes) % groups
+    group_centres = torch.randn(groups, dim, generator=generator) * group_spread / dim**0.5
+    centres = group_centres[group_of_class] + torch.randn(classes, dim, generator=generator) * class_spread / dim**0.5
+
+    def sample(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(classes).repeat_interleave(per_class)
+        inputs = centres[labels] + torch.randn(len(labels), dim, generator=generator) * noise / dim**0.5
+        return inputs, labels
+
+    x_train, y_train = sample(train_per_class)
+    x_test, y_test = sample(test_per_class)
+    return Dataset("synthetic", x_train, y_train, x_test, y_test, num_classes=classes, groups=group_of_class)
+
+
+@register_dataset("omniglot")
+def load_omniglot(root: Path, download: bool = False, subset: str = "background", size: int = 28,
+                  train_per_class: int = 15) -> Dataset:
+    """Omniglot characters as classes, resized to `size` x `size`; the alphabet of each class is its group.
+
+    `subset` is "background", "evaluation" or "all". Each character has 20 drawings; the first
+    `train_per_class` (in file-name order) are training data, the rest test data: a fixed split.
+    The root may hold `images_background/` (or `omniglot-py/images_background/`) or the zip
+    `omniglot-background.zip`, which is unpacked once into the per-user cache.
+    """
+    subsets = {"background": ["images_background"], "evaluation": ["images_evaluation"],
+               "all": ["images_background", "images_evaluation"]}
+    if subset not in subsets:
+        raise ConfigError(f"data.options.subset must be one of {', '.join(subsets)}, got {subset!r}")
+    if not 1 <= train_per_class < 20:
+        raise ConfigError(f"data.options.train_per_class must be in [1, 19], got {train_per_class}")
+    cached = cache_home() / "omniglot" / f"{subset}_{size}.pt"
+    if cached.is_file():
+        tensors = torch.load(cached, weights_only=True)
+    else:
+        folders = [_omniglot_folder(root, name) for name in subsets[subset]]
+        tensors = _read_omniglot(folders, size)
+        atomic_torch_save(cached, tensors)
+    images, labels, groups = tensors["images"], tensors["labels"], tensors["groups"]
+    drawing = tensors["drawing"]
+    train = drawing < train_per_class
+    return Dataset("omniglot", images[train], labels[train], images[~train], labels[~train],
+                   num_classes=len(groups), groups=groups)
+
+
+def _omniglot_folder(root: Path, name: str) -> Path:
+    for candidate in (root / name, root / "omniglot-py" / name):
+        if candidate.is_dir():
+            return candidate
+    archive = root / f"omniglot-{name.removeprefix('images_')}.zip"
+    if archive.is_file():
+        target = cache_home() / "omniglot" / "unzipped"
+        if not (target / "omniglot-py" / name).is_dir():
+            log.info("unpacking %s into %s", archive, target)
+            try:
+                with zipfile.ZipFile(archive) as bundle:
+                    bundle.extractall(target)
+            except zipfile.BadZipFile:
+                raise DataError(f"{archive} is not a readable zip file; it may be truncated") from None
+        return target / "omniglot-py" / name
+    raise DataError(f"Omniglot not found: expected {root / name}/ or {root / 'omniglot-py' / name}/ "
+                    f"or {archive}")
+
+
+def _read_omniglot(folders: list[Path], size: int) -> dict[str, torch.Tensor]:
+    from PIL import Image
+
+    images, labels, drawings, groups = [], [], [], []
+    alphabets = [a for folder in folders for a in sorted(p for p in folder.iterdir() if p.is_dir())]
+    for group, alphabet in enumerate(alphabets):
+        for character in sorted(p for p in alphabet.iterdir() if p.is_dir()):
+            label = len(groups)
+            groups.append(group)
+            for index, png in enumerate(sorted(character.glob("*.png"))):
+                with Image.open(png) as image:
+                    # Strokes are dark on white: invert so the background is 0 like MNIST.
+                    pixels = 1.0 - np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+                images.append(torch.from_numpy(pixels))
+                labels.append(label)
+                drawings.append(index)
+    if not images:
+        raise DataError(f"no Omniglot images found under {', '.join(map(str, folders))}")
+    stacked = torch.stack(images).unsqueeze(1)
+    resized = torch.nn.functional.interpolate(stacked, size=(size, size), mode="area")
+    return {"images": resized, "labels": torch.tensor(labels), "drawing": torch.tensor(drawings),
+            "groups": torch.tensor(groups)}
+
+
+def translate_batch(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shift each image of an N x C x H x W batch by its own random offset in [-max_shift, max_shift] pixels.
+
+    The whole batch is moved with one gather on a zero-padded copy, not image by image.
+    """
+    if max_shift == 0:
+        return images
+    n, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator, device=images.device)
+    rows = (torch.arange(height, device=images.device) + offsets[0, :, None])[:, None, :, None]
+    cols = (torch.arange(width, device=images.device) + offsets[1, :, None])[:, None, None, :]
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+@dataclass
+class TransferSet:
+    """Indices into the training set, and the classes that never appear in them."""
+
+    indices: torch.Tensor
+    absent_classes: list[int]
+
+
+def make_transfer_set(labels: torch.Tensor, num_classes: int, fraction: float = 1.0, omit_classes=(),
+                      keep_classes=None, seed: int = 0) -> TransferSet:
+    """A random `fraction` of the training set, then without `omit_classes` or with only `keep_classes`."""
+    for c in [*omit_classes, *(keep_classes or [])]:
+        if not 0 <= c < num_classes:
+            raise ConfigError(f"transfer class filter names class {c}, but the data set has classes 0..{num_classes - 1}")
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(labels), generator=generator)[: max(1, round(fraction * len(labels)))]
+    indices = indices.sort().values
+    allowed = torch.ones(num_classes, dtype=torch.bool)
+    if keep_classes is not None:
+        allowed[:] = False
+        allowed[list(keep_classes)] = True
+    allowed[list(omit_classes)] = False
+    indices = indices[allowed[labels[indices]]]
+    if len(indices) == 0:
+        raise ConfigError("the transfer set is empty after applying fraction and class filters")
+    present = torch.zeros(num_classes, dtype=torch.bool)
+    present[labels[indices]] = True
+    return TransferSet(indices, [c for c in range(num_classes) if not present[c]])

@@ -1,0 +1,67 @@
+"""Measures of a model's predictions, and output-bias correction for classes absent from the transfer set."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE over `bins` equal-width confidence bins: sum_b |B|/N * |accuracy(B) - confidence(B)|. probs (N, C)."""
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == labels).float()
+    bin_index = (confidence * bins).long().clamp_(max=bins - 1)
+    count = torch.bincount(bin_index, minlength=bins).float()
+    gap = torch.bincount(bin_index, weights=correct - confidence, minlength=bins).abs()
+    return (gap.sum() / count.sum()).item()
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
+                           teacher_logits: torch.Tensor | None = None) -> dict:
+    """Accuracy, errors, NLL, ECE and per-class errors; with a teacher, top-1 agreement and mean KL(teacher || model)."""
+    logits, labels = logits.float().cpu(), labels.cpu()
+    log_probs = F.log_softmax(logits, dim=1)
+    predicted = logits.argmax(dim=1)
+    wrong = predicted != labels
+    num_classes = logits.shape[1]
+    metrics = {
+        "accuracy": 1.0 - wrong.float().mean().item(),
+        "errors": int(wrong.sum()),
+        "nll": F.nll_loss(log_probs, labels).item(),
+        "ece": expected_calibration_error(log_probs.exp(), labels),
+        "per_class_errors": torch.bincount(labels[wrong], minlength=num_classes).tolist(),
+    }
+    if teacher_logits is not None:
+        teacher_log_probs = F.log_softmax(teacher_logits.float().cpu(), dim=1)
+        metrics["agreement"] = (teacher_log_probs.argmax(dim=1) == predicted).float().mean().item()
+        metrics["kl_to_teacher"] = F.kl_div(log_probs, teacher_log_probs, log_target=True, reduction="batchmean").item()
+    return metrics
+
+
+def shift_logits(logits: torch.Tensor, shifts: dict[int, float]) -> torch.Tensor:
+    """Add `shifts[c]` to the logit (the output bias) of each listed class c."""
+    shifted = logits.clone()
+    for cls, shift in shifts.items():
+        shifted[:, cls] += shift
+    return shifted
+
+
+def prior_matching_shift(logits: torch.Tensor, classes: list[int], target_share: float,
+                         low: float = -50.0, high: float = 50.0, steps: int = 60) -> float:
+    """One logit shift b for `classes` so that the model predicts them for a `target_share` of the inputs.
+
+    No labels of the inputs are used: `logits` are the model's outputs on unlabeled data and `target_share` is
+    the classes' share of the training labels (their prior). The predicted share only grows with b, so
+    bisection finds the smallest b that reaches the prior.
+    """
+    def share(shift: float) -> float:
+        return shift_logits(logits, dict.fromkeys(classes, shift)).argmax(dim=1).isin(torch.tensor(classes)) \
+            .float().mean().item()
+
+    for _ in range(steps):
+        middle = (low + high) / 2
+        if share(middle) < target_share:
+            low = middle
+        else:
+            high = middle
+    return high

@@ -1,0 +1,102 @@
+"""Architectures: a registry, `create_model(name, num_classes, **kwargs)`, and explicit freezing of teachers."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from distill.errors import ConfigError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _MODELS[name] = builder
+        return builder
+    return decorator
+
+
+def model_names() -> list[str]:
+    return sorted(_MODELS)
+
+
+def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
+    """Build a registered architecture; unknown names and keyword arguments are config errors."""
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model '{name}' (known: {', '.join(model_names())})")
+    builder = _MODELS[name]
+    accepted = set(inspect.signature(builder).parameters) - {"num_classes", "input_shape"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(f"unknown argument '{unknown[0]}' for model '{name}' (known: {', '.join(sorted(accepted))})")
+    return builder(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Make `model` a teacher: evaluation mode, no gradients."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+@register_model("mlp")
+class MLP(nn.Module):
+    """ReLU MLP with dropout on inputs and hidden units, and an optional max-norm constraint.
+
+    Max-norm (Srivastava et al., 2014) caps the L2 norm of each hidden unit's incoming weights at `max_norm`
+    after every optimiser step; `apply_constraints` is that step.
+    """
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, ...], hidden: list[int] = (800, 800),
+                 dropout_input: float = 0.0, dropout_hidden: float = 0.0, max_norm: float | None = None):
+        super().__init__()
+        for rate in (dropout_input, dropout_hidden):
+            if not 0 <= rate < 1:
+                raise ConfigError(f"model dropout must be in [0, 1), got {rate}")
+        if max_norm is not None and max_norm <= 0:
+            raise ConfigError(f"model max_norm must be > 0, got {max_norm}")
+        widths = [math.prod(input_shape), *list(hidden)]
+        layers: list[nn.Module] = [nn.Flatten()]
+        if dropout_input:
+            layers.append(nn.Dropout(dropout_input))
+        for fan_in, fan_out in zip(widths, widths[1:]):
+            layers += [nn.Linear(fan_in, fan_out), nn.ReLU(inplace=True)]
+            if dropout_hidden:
+                layers.append(nn.Dropout(dropout_hidden))
+        layers.append(nn.Linear(widths[-1], num_classes))
+        self.net = nn.Sequential(*layers)
+        self.max_norm = max_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @torch.no_grad()
+    def apply_constraints(self) -> None:
+        if self.max_norm is None:
+            return
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                layer.weight.copy_(torch.renorm(layer.weight, p=2, dim=0, maxnorm=self.max_norm))
+
+
+@register_model("cnn")
+def small_cnn(num_classes: int, input_shape: tuple[int, ...], channels: list[int] = (32, 64), hidden: int = 128,
+              dropout: float = 0.0) -> nn.Module:
+    """Two conv-conv-pool blocks and a linear head, for 28 x 28 (or any small) single-channel images."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"model 'cnn' needs image inputs (C x H x W), got input shape {input_shape}")
+    layers: list[nn.Module] = []
+    in_channels = input_shape[0]
+    for out_channels in channels:
+        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True),
+                   nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        in_channels = out_channels
+    layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(in_channels * 4, hidden), nn.ReLU(inplace=True),
+               nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)

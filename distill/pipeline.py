@@ -1,0 +1,186 @@
+"""`distillery run`: teacher -> transfer set -> soft targets -> student and baseline -> evaluation -> report.
+
+Every model's seed is derived from the run's seed and its name, and recorded in metrics.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from distill.checkpoint import load_checkpoint, save_checkpoint, versions
+from distill.config import LossWeights, ModelSpec, RunConfig, TrainConfig, dump_config, to_dict
+from distill.data import Dataset, load_dataset, make_transfer_set
+from distill.errors import CheckpointError, ConfigError
+from distill.evaluate import classification_metrics, prior_matching_shift, shift_logits
+from distill.models import create_model, freeze
+from distill.report import write_report
+from distill.seed import derive_seed, set_seed
+from distill.soft_targets import cached_teacher_logits
+from distill.storage import atomic_write_json, atomic_write_text, cache_home, sha256_file
+from distill.train import HARD_LABELS, SoftTargets, predict_logits, train
+
+log = logging.getLogger(__name__)
+
+
+class Run:
+    """The state one `distillery run` builds up: data, models, seeds, histories and timings."""
+
+    def __init__(self, config: RunConfig, out_dir: Path, data_root: Path, download: bool = False,
+                 progress: bool = False):
+        self.config, self.out_dir, self.progress = config, Path(out_dir), progress
+        self.seed = set_seed(config.seed)
+        self.device = _resolve_device(config.device)
+        self.data_root, self.download = data_root, download
+        self.seeds: dict[str, int] = {}
+        self.history: dict[str, list[dict]] = {}
+        self.seconds: dict[str, float] = {}
+
+    def model_seed(self, name: str) -> int:
+        self.seeds[name] = derive_seed(self.seed, name)
+        return self.seeds[name]
+
+    def fit(self, name: str, spec: ModelSpec, data: Dataset, inputs: torch.Tensor, labels: torch.Tensor,
+            train_config: TrainConfig, weights: LossWeights = HARD_LABELS,
+            targets: SoftTargets | None = None) -> tuple[nn.Module, str]:
+        """Create, train and checkpoint model `name`; returns (model, checkpoint checksum)."""
+        seed = self.model_seed(name)
+        torch.manual_seed(seed)
+        model = create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs).to(self.device)
+        started = time.perf_counter()
+        with tqdm(total=train_config.epochs, desc=name, disable=not self.progress, leave=False) as bar:
+            def on_epoch(epoch: int, record: dict) -> None:
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                bar.update()
+                log.info("%s epoch %d/%d loss %.4f (%.1fs)", name, epoch, train_config.epochs, record["loss"],
+                         record["seconds"])
+            self.history[name] = train(model, inputs, labels, train_config, weights, targets, seed, on_epoch)
+        self.seconds[name] = time.perf_counter() - started
+        checksum = save_checkpoint(self.out_dir / f"{name}.pt", model, to_dict(spec), num_classes=data.num_classes,
+                                   input_shape=data.input_shape, seed=seed, config=to_dict(self.config))
+        return model, checksum
+
+
+def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = False, progress: bool = False) -> dict:
+    """Run the whole pipeline and write config.yaml, checkpoints, metrics.json and report.md into `out_dir`."""
+    started = time.perf_counter()
+    state = Run(config, out_dir, data_root, download, progress)
+    state.out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(state.out_dir / "config.yaml", dump_config(config))
+    data = load_dataset(config.data.name, data_root, config.data.options, download)
+    data = _to_device(data, state.device)
+    teacher, teacher_checksum = _teacher(state, data)
+    transfer = make_transfer_set(data.y_train, data.num_classes, config.transfer.fraction,
+                                 config.transfer.omit_classes, config.transfer.keep_classes,
+                                 seed=state.model_seed("transfer"))
+    inputs, labels = data.x_train[transfer.indices], data.y_train[transfer.indices]
+    targets = _soft_targets(config, teacher, teacher_checksum, inputs)
+    student_spec, student_train = config.student.model, config.student.train
+    student, _ = state.fit("student", student_spec, data, inputs, labels, student_train, config.student.loss, targets)
+    models = {"teacher": teacher, "student": student}
+    if config.baseline.enabled:
+        models["baseline"], _ = state.fit("baseline", student_spec, data, inputs, labels, student_train)
+    metrics = _evaluate(state, data, models, transfer.absent_classes)
+    metrics["transfer"] = {"size": len(transfer.indices), "absent_classes": transfer.absent_classes}
+    metrics["run"] = _run_record(state, time.perf_counter() - started)
+    atomic_write_json(state.out_dir / "metrics.json", metrics)
+    write_report(state.out_dir, config, metrics)
+    return metrics
+
+
+def _teacher(state: Run, data: Dataset) -> tuple[nn.Module, str]:
+    config = state.config.teacher
+    if config.checkpoint is None:
+        teacher, checksum = state.fit("teacher", config.model, data, data.x_train, data.y_train, config.train)
+        return freeze(teacher), checksum
+    teacher, payload = load_checkpoint(config.checkpoint, state.device)
+    if payload["num_classes"] != data.num_classes or tuple(payload["input_shape"]) != data.input_shape:
+        raise CheckpointError(f"teacher checkpoint {config.checkpoint} is for {payload['num_classes']} classes of "
+                              f"shape {tuple(payload['input_shape'])}, but {data.name} has {data.num_classes} "
+                              f"classes of shape {data.input_shape}")
+    state.seeds["teacher"] = payload["seed"]
+    return freeze(teacher), sha256_file(config.checkpoint)
+
+
+def _soft_targets(config: RunConfig, teacher: nn.Module, checksum: str, inputs: torch.Tensor) -> SoftTargets | None:
+    """Cached teacher logits, unless the student's inputs are augmented: then the teacher sees each batch."""
+    if not config.student.loss.w_soft:
+        return None
+    if config.student.train.augment_shift:
+        return SoftTargets(teacher=teacher)
+    return SoftTargets(logits=cached_teacher_logits(teacher, checksum, inputs, cache_home() / "soft_targets"))
+
+
+def _evaluate(state: Run, data: Dataset, models: dict[str, nn.Module], absent: list[int]) -> dict:
+    logits = {name: predict_logits(model, data.x_test) for name, model in models.items()}
+    teacher_logits = logits.pop("teacher")
+    results = {"teacher": classification_metrics(teacher_logits, data.y_test)}
+    for name, model_logits in logits.items():
+        results[name] = classification_metrics(model_logits, data.y_test, teacher_logits)
+    bias = _bias_corrections(state, data, models["student"], logits["student"], absent)
+    for name, corrected in bias.pop("corrected").items():
+        results[name] = classification_metrics(corrected, data.y_test, teacher_logits)
+    for name, seconds in state.seconds.items():
+        results[name]["train_seconds"] = seconds
+    return {"models": results, "bias": bias, "history": state.history}
+
+
+def _bias_corrections(state: Run, data: Dataset, student: nn.Module, student_logits: torch.Tensor,
+                      absent: list[int]) -> dict:
+    """The student's test logits with the config's fixed shift and with the automatic prior-matching shift."""
+    config = state.config.bias
+    corrected, record = {}, {"absent_classes": absent}
+    if config.fixed:
+        for cls in config.fixed:
+            if not 0 <= cls < data.num_classes:
+                raise ConfigError(f"bias.fixed names class {cls}, but the data set has classes 0..{data.num_classes - 1}")
+        corrected["student_bias_fixed"] = shift_logits(student_logits, config.fixed)
+        record["fixed"] = config.fixed
+    if config.auto and absent:
+        train_logits = predict_logits(student, data.x_train)
+        prior = data.y_train.cpu().isin(torch.tensor(absent)).float().mean().item()
+        shift = prior_matching_shift(train_logits.cpu(), absent, prior)
+        corrected["student_bias_auto"] = shift_logits(student_logits, dict.fromkeys(absent, shift))
+        record["auto"] = {"shift_on_absent_classes": shift, "matched_prior": prior,
+                          "method": "prior matching on the training inputs (no test labels)"}
+    record["corrected"] = corrected
+    return record
+
+
+def _run_record(state: Run, seconds: float) -> dict:
+    return {"seconds": seconds, "seeds": {"base": state.seed, **state.seeds}, "device": str(state.device),
+            "versions": versions(), "git_sha": _git_sha(), "machine": _machine()}
+
+
+def _git_sha() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return sha or None
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform(terse=True)}"
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is 'cuda' but no CUDA device is available (use device=cpu or auto)")
+    return torch.device(name)
+
+
+def _to_device(data: Dataset, device: torch.device) -> Dataset:
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        setattr(data, field, getattr(data, field).to(device))
+    return data

@@ -1,0 +1,104 @@
+"""One training loop for hard labels, soft targets, or the paper's weighted mix of both.
+
+Inputs live in memory as one tensor; batches are index slices of it (no DataLoader, no per-sample work).
+Soft targets come either from cached teacher logits aligned with the inputs, or, when the student's inputs are
+augmented, from a frozen teacher run on each augmented batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from distill.config import LossWeights, TrainConfig
+from distill.data import translate_batch
+from distill.errors import TrainingError
+from distill.losses import distillation_loss, softmax_at
+
+log = logging.getLogger(__name__)
+
+HARD_LABELS = LossWeights(temperature=1.0, w_soft=0.0, w_hard=1.0)
+
+
+@dataclass
+class SoftTargets:
+    """Where soft targets come from: cached logits (N, C) aligned with the inputs, or a frozen teacher."""
+
+    logits: torch.Tensor | None = None
+    teacher: nn.Module | None = None
+
+    def batch(self, index: torch.Tensor, inputs: torch.Tensor, temperature: float) -> torch.Tensor:
+        logits = self.teacher(inputs) if self.teacher is not None else self.logits[index]
+        return softmax_at(logits, temperature)
+
+
+EpochCallback = Callable[[int, dict], None]
+
+
+def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+          weights: LossWeights = HARD_LABELS, targets: SoftTargets | None = None, seed: int = 0,
+          on_epoch: EpochCallback | None = None) -> list[dict]:
+    """Train `model` in place; returns one record per epoch (loss, seconds). Raises TrainingError on NaN."""
+    if weights.w_soft and targets is None:
+        raise ValueError("soft-target training needs SoftTargets")
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(inputs) / config.batch_size)
+    scheduler = _schedule(optimizer, config, steps_per_epoch)
+    history = []
+    for epoch in range(config.epochs):
+        started = time.perf_counter()
+        loss = train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator)
+        if not math.isfinite(loss):
+            raise TrainingError(f"training loss became {loss} in epoch {epoch + 1}: lower the learning rate "
+                                f"(lr={config.lr}) or check the inputs")
+        record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started}
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, record)
+    return history
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, inputs: torch.Tensor,
+                labels: torch.Tensor, config: TrainConfig, weights: LossWeights, targets: SoftTargets | None,
+                generator: torch.Generator) -> float:
+    """One pass over the inputs in a random order; returns the mean loss."""
+    model.train()
+    order = torch.randperm(len(inputs), generator=generator, device=inputs.device)
+    total = torch.zeros((), device=inputs.device)
+    constrain = getattr(model, "apply_constraints", None)
+    for index in order.split(config.batch_size):
+        batch = translate_batch(inputs[index], config.augment_shift, generator)
+        teacher_probs = targets.batch(index, batch, weights.temperature) if weights.w_soft else None
+        loss = distillation_loss(model(batch), teacher_probs, labels[index], weights.temperature,
+                                 weights.w_soft, weights.w_hard)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if constrain is not None:
+            constrain()
+        total += loss.detach() * len(index)
+    return total.item() / len(inputs)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    if config.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    # Momentum stays at the configured value (no cycling) so the config means what it says.
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
+                                               steps_per_epoch=steps_per_epoch, cycle_momentum=False)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    """The model's logits (N, C) in evaluation mode, computed in batches."""
+    model.eval()
+    return torch.cat([model(chunk) for chunk in inputs.split(batch_size)])
