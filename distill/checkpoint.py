@@ -6,6 +6,7 @@ it was written is refused instead of silently used.
 
 from __future__ import annotations
 
+import pickle
 import platform
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,10 @@ def versions() -> dict[str, str]:
     import numpy
     import torchvision
 
-    return {"distillery": distill.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
+    # str(): torch's version object is a str subclass that weights_only loading refuses.
+    return {"distillery": distill.__version__, "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "numpy": numpy.__version__,
+            "python": platform.python_version()}
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, spec: dict[str, Any], *, num_classes: int,
@@ -55,7 +58,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, d
         spec = payload["model"]
         model = create_model(spec["name"], payload["num_classes"], tuple(payload["input_shape"]), **spec["kwargs"])
         model.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError, TypeError, EOFError) as error:
+    except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {first_line}") from None
     return model.to(device), payload

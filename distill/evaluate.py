@@ -55,8 +55,8 @@ def prior_matching_shift(logits: torch.Tensor, classes: list[int], target_share:
     bisection finds the smallest b that reaches the prior.
     """
     def share(shift: float) -> float:
-        return shift_logits(logits, dict.fromkeys(classes, shift)).argmax(dim=1).isin(torch.tensor(classes)) \
-            .float().mean().item()
+        predicted = shift_logits(logits, dict.fromkeys(classes, shift)).argmax(dim=1)
+        return torch.isin(predicted, torch.tensor(classes)).float().mean().item()
 
     for _ in range(steps):
         middle = (low + high) / 2

@@ -145,7 +145,7 @@ def _bias_corrections(state: Run, data: Dataset, student: nn.Module, student_log
         record["fixed"] = config.fixed
     if config.auto and absent:
         train_logits = predict_logits(student, data.x_train)
-        prior = data.y_train.cpu().isin(torch.tensor(absent)).float().mean().item()
+        prior = torch.isin(data.y_train.cpu(), torch.tensor(absent)).float().mean().item()
         shift = prior_matching_shift(train_logits.cpu(), absent, prior)
         corrected["student_bias_auto"] = shift_logits(student_logits, dict.fromkeys(absent, shift))
         record["auto"] = {"shift_on_absent_classes": shift, "matched_prior": prior,

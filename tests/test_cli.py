@@ -1,0 +1,73 @@
+"""The `distillery run` contract: files written, exit codes, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from distill.cli import main
+
+TINY = ["data.name=synthetic", "data.options={classes: 12, groups: 3, dim: 16, train_per_class: 30, test_per_class: 10}",
+        "teacher.model.kwargs={hidden: [32]}", "teacher.train.epochs=3", "student.model.kwargs={hidden: [16]}",
+        "student.train.epochs=3", "transfer.omit_classes=[2]", "bias.fixed={2: 1.5}"]
+
+
+def _sets(assignments):
+    return [arg for a in assignments for arg in ("--set", a)]
+
+
+def test_tiny_end_to_end_run_writes_the_contract_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *_sets(TINY)]) == 0
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    models = metrics["models"]
+    assert {"teacher", "student", "baseline", "student_bias_fixed", "student_bias_auto"} <= set(models)
+    for name, entry in models.items():
+        assert {"accuracy", "errors", "nll", "ece"} <= set(entry), name
+        assert entry["errors"] == round((1 - entry["accuracy"]) * 120)
+    for student in ("student", "baseline"):
+        assert {"agreement", "kl_to_teacher"} <= set(models[student])
+    assert metrics["transfer"]["absent_classes"] == [2]
+    assert set(metrics["run"]["seeds"]) >= {"base", "teacher", "student", "baseline", "transfer"}
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["student"]["train"]["epochs"] == 3 and resolved["bias"]["fixed"] == {2: 1.5}
+    report = (out / "report.md").read_text()
+    assert "| student |" in report and "Automatic bias shift" in report
+    assert {p.name for p in out.glob("*.pt")} == {"teacher.pt", "student.pt", "baseline.pt"}
+
+
+def test_run_from_a_saved_teacher_reuses_it(tmp_path):
+    first = tmp_path / "first"
+    assert main(["run", "--out", str(first), *_sets(TINY)]) == 0
+    second = tmp_path / "second"
+    assert main(["run", "--out", str(second), *_sets(TINY), "--set", f"teacher.checkpoint={first / 'teacher.pt'}",
+                 "--set", "baseline.enabled=false"]) == 0
+    a = json.loads((first / "metrics.json").read_text())["models"]
+    b = json.loads((second / "metrics.json").read_text())["models"]
+    a["teacher"].pop("train_seconds")
+    assert a["teacher"] == b["teacher"]  # the same teacher, evaluated again
+    assert a["student"]["accuracy"] == b["student"]["accuracy"]  # same seeds, same soft targets
+    assert not (second / "teacher.pt").exists() and "baseline" not in b
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "student.loss.temprature=2"], "unknown config key 'student.loss.temprature'"),
+    (["--set", "student.loss.temperature=0"], "temperature must be > 0"),
+    (["--set", "student.train.epochs=abc"], "student.train.epochs"),
+    (["--set", "transfer.keep_classes=[11]"], "class 11"),
+    (["--set", "data.name=mnist", "--data-root", "{tmp}/nothing"], "MNIST not found"),
+    (["--set", "teacher.checkpoint={tmp}/absent.pt"], "checkpoint not found"),
+    (["{tmp}/absent.yaml"], "config file not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "distill.cli", "run", "--out", str(out), *args],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("distillery: error:") and message in lines[0], result.stderr
+    assert not (out / "metrics.json").exists()

@@ -1,0 +1,132 @@
+import shutil
+
+import pytest
+import torch
+
+from distill.data import load_dataset, make_transfer_set, resolve_data_root, translate_batch
+from distill.errors import ConfigError, DataError
+
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_mnist_shapes_and_counts(data_root):
+    data = load_dataset("mnist", data_root)
+    assert data.x_train.shape == (60000, 1, 28, 28) and data.x_test.shape == (10000, 1, 28, 28)
+    assert data.x_train.dtype == torch.float32 and 0.0 <= data.x_train.min() and data.x_train.max() == 1.0
+    assert torch.bincount(data.y_train).tolist() == MNIST_TRAIN_COUNTS
+    assert torch.bincount(data.y_test).tolist() == MNIST_TEST_COUNTS
+
+
+def test_fashion_mnist_shapes_and_counts(data_root):
+    data = load_dataset("fashion_mnist", data_root)
+    assert data.x_train.shape == (60000, 1, 28, 28) and data.x_test.shape == (10000, 1, 28, 28)
+    assert torch.bincount(data.y_train).tolist() == [6000] * 10
+    assert torch.bincount(data.y_test).tolist() == [1000] * 10
+
+
+def test_omniglot_background_classes_alphabets_and_split(data_root):
+    data = load_dataset("omniglot", data_root, {"subset": "background"})
+    assert data.num_classes == 964
+    assert data.x_train.shape == (964 * 15, 1, 28, 28) and data.x_test.shape == (964 * 5, 1, 28, 28)
+    assert torch.bincount(data.y_train).tolist() == [15] * 964
+    assert len(data.groups) == 964 and len(torch.unique(data.groups)) == 30
+    assert data.x_train.mean() < 0.5  # strokes inverted: mostly-empty background is 0
+    again = load_dataset("omniglot", data_root, {"subset": "background"})  # now from the cache
+    torch.testing.assert_close(again.x_test, data.x_test)
+
+
+def test_omniglot_evaluation_subset_is_missing_with_a_clear_message(data_root):
+    with pytest.raises(DataError, match="images_evaluation"):
+        load_dataset("omniglot", data_root, {"subset": "evaluation"})
+
+
+def test_digits_is_bundled():
+    data = load_dataset("digits", "unused")
+    assert data.x_train.shape[1:] == (1, 8, 8)
+    assert len(data.x_train) + len(data.x_test) == 1797
+
+
+def test_synthetic_is_seeded_and_knows_its_groups():
+    options = {"classes": 40, "groups": 8, "dim": 16, "train_per_class": 5, "test_per_class": 3, "seed": 4}
+    a = load_dataset("synthetic", "unused", options)
+    b = load_dataset("synthetic", "unused", options)
+    torch.testing.assert_close(a.x_train, b.x_train)
+    assert a.x_train.shape == (200, 16) and a.x_test.shape == (120, 16) and a.num_classes == 40
+    assert torch.bincount(a.groups).tolist() == [5] * 8
+    c = load_dataset("synthetic", "unused", {**options, "seed": 5})
+    assert not torch.equal(a.x_train, c.x_train)
+
+
+def test_synthetic_classes_in_a_group_are_closer_than_across_groups():
+    data = load_dataset("synthetic", "unused", {"classes": 60, "groups": 6, "dim": 32, "seed": 1})
+    centres = torch.stack([data.x_train[data.y_train == c].mean(0) for c in range(60)])
+    distance = torch.cdist(centres, centres)
+    same = data.groups[:, None] == data.groups[None, :]
+    off_diagonal = ~torch.eye(60, dtype=torch.bool)
+    assert distance[same & off_diagonal].mean() < 0.5 * distance[~same].mean()
+
+
+def test_missing_mnist_names_the_expected_files(tmp_path):
+    with pytest.raises(DataError, match=r"expected train-images-idx3-ubyte.*MNIST/raw.*--download"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_truncated_mnist_file_is_a_data_error(tmp_path, data_root):
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(data_root / "MNIST" / "raw", raw)
+    (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes()[:1000])
+    with pytest.raises(DataError, match="truncated"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_data_root_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        resolve_data_root(str(tmp_path / "file"))
+
+
+def test_data_root_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILLERY_DATA", str(tmp_path / "env"))
+    assert resolve_data_root(str(tmp_path / "cli")) == tmp_path / "cli"
+    assert resolve_data_root(None) == tmp_path / "env"
+    monkeypatch.delenv("DISTILLERY_DATA")
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    assert resolve_data_root(None) == tmp_path / "cache" / "data"
+
+
+def test_unknown_data_set_and_option():
+    with pytest.raises(ConfigError, match="unknown data set 'cifar'"):
+        load_dataset("cifar", "unused")
+    with pytest.raises(ConfigError, match="unknown option 'clases'"):
+        load_dataset("synthetic", "unused", {"clases": 3})
+
+
+def test_translation_moves_each_image_by_at_most_k_pixels():
+    images = torch.zeros(500, 1, 9, 9)
+    images[:, 0, 4, 4] = 1.0
+    shifted = translate_batch(images, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape
+    rows, cols = shifted[:, 0].nonzero(as_tuple=True)[1:]
+    assert len(rows) == 500  # every pixel moved, none lost inside the padding
+    offsets = set(zip((rows - 4).tolist(), (cols - 4).tolist()))
+    assert offsets == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+    assert translate_batch(images, 0) is images
+
+
+def test_transfer_fraction_and_class_filters():
+    labels = torch.arange(10).repeat(100)
+    three_percent = make_transfer_set(labels, 10, fraction=0.03, seed=1)
+    assert len(three_percent.indices) == 30
+    omit = make_transfer_set(labels, 10, omit_classes=[3])
+    assert 3 not in labels[omit.indices] and len(omit.indices) == 900 and omit.absent_classes == [3]
+    keep = make_transfer_set(labels, 10, keep_classes=[7, 8])
+    assert set(labels[keep.indices].tolist()) == {7, 8} and keep.absent_classes == [0, 1, 2, 3, 4, 5, 6, 9]
+
+
+def test_empty_transfer_set_and_bad_class_are_config_errors():
+    labels = torch.tensor([0, 0, 1])
+    with pytest.raises(ConfigError, match="empty"):
+        make_transfer_set(labels, 3, keep_classes=[2])
+    with pytest.raises(ConfigError, match="class 5"):
+        make_transfer_set(labels, 3, omit_classes=[5])

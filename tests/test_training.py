@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+from distill.checkpoint import load_checkpoint, save_checkpoint
+from distill.config import LossWeights, TrainConfig
+from distill.data import load_dataset
+from distill.errors import CheckpointError, TrainingError
+from distill.models import create_model, freeze
+from distill.soft_targets import cached_teacher_logits
+from distill.train import SoftTargets, predict_logits, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", "unused")
+
+
+def _fit(data, seed=0, epochs=3, weights=None, targets=None, **train_kwargs):
+    torch.manual_seed(seed)
+    model = create_model("mlp", 10, data.input_shape, hidden=[32])
+    config = TrainConfig(epochs=epochs, batch_size=64, lr=0.1, **train_kwargs)
+    history = train(model, data.x_train, data.y_train, config, weights or LossWeights(1.0, 0.0, 1.0), targets, seed)
+    return model, history
+
+
+def test_hard_label_training_learns_and_is_seeded(digits):
+    model, history = _fit(digits, epochs=10)
+    assert history[-1]["loss"] < history[0]["loss"]
+    accuracy = (predict_logits(model, digits.x_test).argmax(1) == digits.y_test).float().mean().item()
+    assert accuracy > 0.85
+    again, _ = _fit(digits, epochs=10)
+    torch.testing.assert_close(predict_logits(again, digits.x_test), predict_logits(model, digits.x_test))
+
+
+def test_student_learns_to_match_cached_soft_targets(digits):
+    teacher, _ = _fit(digits, epochs=10)
+    freeze(teacher)
+    targets = SoftTargets(logits=predict_logits(teacher, digits.x_train))
+    student, history = _fit(digits, seed=1, epochs=10, weights=LossWeights(4.0, 1.0, 0.0), targets=targets)
+    agreement = (predict_logits(student, digits.x_test).argmax(1) == predict_logits(teacher, digits.x_test).argmax(1))
+    assert agreement.float().mean() > 0.9
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_augmented_student_gets_teacher_outputs_on_each_augmented_batch(digits):
+    calls = []
+
+    class RecordingTeacher(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.clone())
+            return torch.zeros(len(x), 10)
+
+    _fit(digits, epochs=1, weights=LossWeights(2.0, 1.0, 0.0), targets=SoftTargets(teacher=RecordingTeacher()),
+         augment_shift=1)
+    seen = torch.cat(calls)
+    assert len(seen) == len(digits.x_train)
+    # The teacher saw shifted images, not the stored ones: at most a few can coincide (zero shift).
+    stored = {tuple(x.flatten().tolist()) for x in digits.x_train}
+    assert sum(tuple(x.flatten().tolist()) in stored for x in seen) < 0.2 * len(seen)
+
+
+def test_nan_loss_stops_training_with_a_clear_error(digits):
+    bad = digits.x_train.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    model = create_model("mlp", 10, digits.input_shape, hidden=[8])
+    with pytest.raises(TrainingError, match="loss became nan"):
+        train(model, bad, digits.y_train, TrainConfig(epochs=2, batch_size=64, lr=0.1))
+
+
+def test_cache_returns_teacher_outputs_and_is_keyed_by_teacher(digits, tmp_path):
+    teacher = freeze(create_model("mlp", 10, digits.input_shape, hidden=[16]))
+    inputs = digits.x_train[:100]
+    first = cached_teacher_logits(teacher, "sha-a", inputs, tmp_path)
+    torch.testing.assert_close(first, predict_logits(teacher, inputs))
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(1.0)
+    stale = cached_teacher_logits(teacher, "sha-a", inputs, tmp_path)
+    torch.testing.assert_close(stale, first)  # same checksum: served from the cache, teacher not rerun
+    fresh = cached_teacher_logits(teacher, "sha-b", inputs, tmp_path)
+    torch.testing.assert_close(fresh, predict_logits(teacher, inputs))  # new checksum: recomputed
+    assert not torch.allclose(fresh, first)
+    other_inputs = cached_teacher_logits(teacher, "sha-b", digits.x_train[:50], tmp_path)
+    assert other_inputs.shape == (50, 10)
+    assert len(list(tmp_path.glob("*.pt"))) == 3
+
+
+def test_checkpoint_round_trip_and_tamper_detection(digits, tmp_path):
+    model = create_model("mlp", 10, digits.input_shape, hidden=[16])
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, {"name": "mlp", "kwargs": {"hidden": [16]}}, num_classes=10,
+                    input_shape=digits.input_shape, seed=5, config={"seed": 5})
+    loaded, payload = load_checkpoint(path)
+    torch.testing.assert_close(predict_logits(loaded, digits.x_test), predict_logits(model, digits.x_test))
+    assert payload["seed"] == 5 and payload["config"] == {"seed": 5} and "torch" in payload["versions"]
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_for_another_architecture_is_refused(digits, tmp_path):
+    model = create_model("mlp", 10, digits.input_shape, hidden=[16])
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, {"name": "mlp", "kwargs": {"hidden": [17]}}, num_classes=10,
+                    input_shape=digits.input_shape, seed=0, config={})
+    with pytest.raises(CheckpointError, match="cannot be loaded"):
+        load_checkpoint(path)
