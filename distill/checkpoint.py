@@ -7,27 +7,16 @@ it was written is refused instead of silently used.
 from __future__ import annotations
 
 import pickle
-import platform
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-import distill
 from distill.errors import CheckpointError
 from distill.models import create_model
+from distill.provenance import versions
 from distill.storage import atomic_torch_save, atomic_write_text, sha256_file
-
-
-def versions() -> dict[str, str]:
-    import numpy
-    import torchvision
-
-    # str(): torch's version object is a str subclass that weights_only loading refuses.
-    return {"distillery": distill.__version__, "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "numpy": numpy.__version__,
-            "python": platform.python_version()}
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, spec: dict[str, Any], *, num_classes: int,

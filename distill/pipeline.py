@@ -6,8 +6,6 @@ Every model's seed is derived from the run's seed and its name, and recorded in 
 from __future__ import annotations
 
 import logging
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,12 +13,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from distill.checkpoint import load_checkpoint, save_checkpoint, versions
+from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.config import LossWeights, ModelSpec, RunConfig, TrainConfig, dump_config, to_dict
 from distill.data import Dataset, load_dataset, make_transfer_set
 from distill.errors import CheckpointError, ConfigError
 from distill.evaluate import classification_metrics, prior_matching_shift, shift_logits
 from distill.models import create_model, freeze
+from distill.provenance import git_sha, machine, versions
 from distill.report import write_report
 from distill.seed import derive_seed, set_seed
 from distill.soft_targets import cached_teacher_logits
@@ -156,20 +155,7 @@ def _bias_corrections(state: Run, data: Dataset, student: nn.Module, student_log
 
 def _run_record(state: Run, seconds: float) -> dict:
     return {"seconds": seconds, "seeds": {"base": state.seed, **state.seeds}, "device": str(state.device),
-            "versions": versions(), "git_sha": _git_sha(), "machine": _machine()}
-
-
-def _git_sha() -> str | None:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return sha or None
-
-
-def _machine() -> str:
-    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform(terse=True)}"
+            "versions": versions(), "git_sha": git_sha(), "machine": machine()}
 
 
 def _resolve_device(name: str) -> torch.device:

@@ -48,12 +48,8 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: 
     if weights.w_soft and targets is None:
         raise ValueError("soft-target training needs SoftTargets")
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    # fused=True: one kernel per step instead of several passes over the weights (about 15 % of a CPU epoch).
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay,
-                                fused=True)
-    steps_per_epoch = math.ceil(len(inputs) / config.batch_size)
-    scheduler = _schedule(optimizer, config, steps_per_epoch)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_schedule(optimizer, config, steps_per_epoch=math.ceil(len(inputs) / config.batch_size))
     history = []
     for epoch in range(config.epochs):
         started = time.perf_counter()
@@ -91,7 +87,14 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, i
     return total.item() / len(inputs)
 
 
-def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # fused=True: one kernel per step instead of several passes over the weights (about 15 % of a CPU epoch).
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay,
+                           fused=True)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
     if config.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     # Momentum stays at the configured value (no cycling) so the config means what it says.

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from distill.config import RunConfig, dump_config, load_config
@@ -82,3 +84,9 @@ def test_missing_config_file(tmp_path):
 def test_loss_weights_that_sum_to_zero_are_rejected():
     with pytest.raises(ConfigError, match=r"w_soft \+ w_hard must be > 0"):
         load_config(overrides=["student.loss.w_soft=0", "student.loss.w_hard=0"])
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    assert load_config(path).seed == 0

@@ -1,0 +1,109 @@
+"""Training throughput against the same process's GEMM rate, and a distillation epoch against a plain one.
+
+    .venv/bin/python benchmarks/throughput.py [--epochs 3] [--out benchmarks/results]
+
+For the paper's 1200-1200 teacher (dropout, max-norm, 2-pixel jitter) and 800-800 student at batch 128 on
+MNIST-shaped data, it reports achieved training FLOP/s (the GEMM work of forward and backward, counted exactly)
+as a share of the FLOP/s that torch.mm reaches on the very same matrix shapes in this process. It then times a
+student epoch on cached soft targets (T = 20) against a hard-label epoch of the same student. Ratios, not wall
+times, are the results: both sides of each ratio run in the same process, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+from distill.config import LossWeights, TrainConfig
+from distill.models import create_model
+from distill.provenance import git_sha
+from distill.train import HARD_LABELS, SoftTargets, make_optimizer, make_schedule, train_epoch
+
+N, BATCH, INPUT = 60_000, 128, 784
+TEACHER = {"hidden": [1200, 1200], "dropout_input": 0.2, "dropout_hidden": 0.5, "max_norm": 3.5}
+STUDENT = {"hidden": [800, 800]}
+
+
+def training_flops_per_example(widths: list[int]) -> int:
+    """Forward (2 d_i d_o), weight gradient (2 d_i d_o) and input gradient (2 d_i d_o, none for the first layer)."""
+    layers = list(zip(widths, widths[1:]))
+    return 6 * sum(i * o for i, o in layers) - 2 * layers[0][0] * layers[0][1]
+
+
+def gemm_seconds_per_step(widths: list[int], repeats: int = 30) -> float:
+    """Seconds torch.mm takes for one step's GEMMs (same shapes as the MLP's forward and backward)."""
+    shapes = []
+    for index, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
+        shapes.append((BATCH, fan_in, fan_out))  # forward
+        shapes.append((fan_out, BATCH, fan_in))  # weight gradient
+        if index:
+            shapes.append((BATCH, fan_out, fan_in))  # input gradient
+    operands = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
+    for a, b in operands:
+        torch.mm(a, b)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for a, b in operands:
+            torch.mm(a, b)
+    return (time.perf_counter() - started) / repeats
+
+
+def time_epoch(kwargs: dict, config: TrainConfig, weights: LossWeights, inputs, labels, targets=None) -> float:
+    torch.manual_seed(0)
+    model = create_model("mlp", 10, (1, 28, 28), **kwargs)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_schedule(optimizer, config, steps_per_epoch=-(-N // BATCH))
+    generator = torch.Generator().manual_seed(0)
+    started = time.perf_counter()
+    train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement (median is kept)")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    inputs, labels = torch.rand(N, 1, 28, 28), torch.randint(0, 10, (N,))
+    soft = SoftTargets(logits=torch.randn(N, 10) * 5)
+    results = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads",
+               "torch": str(torch.__version__), "git_sha": git_sha(), "batch_size": BATCH, "epochs_timed": args.epochs,
+               "command": "python benchmarks/throughput.py --epochs %d" % args.epochs, "models": {}}
+    for name, kwargs, shift in [("teacher_1200_1200", TEACHER, 2), ("student_800_800", STUDENT, 0)]:
+        widths = [INPUT, *kwargs["hidden"], 10]
+        config = TrainConfig(epochs=1, batch_size=BATCH, lr=0.05, augment_shift=shift)
+        epoch = statistics.median(time_epoch(kwargs, config, HARD_LABELS, inputs, labels) for _ in range(args.epochs))
+        gemm = gemm_seconds_per_step(widths)
+        flops = training_flops_per_example(widths)
+        steps = -(-N // BATCH)
+        achieved = flops * N / epoch
+        gemm_rate = flops * BATCH / gemm
+        results["models"][name] = {"epoch_seconds": epoch, "training_gflops": achieved / 1e9,
+                                   "gemm_gflops_same_shapes": gemm_rate / 1e9, "share_of_gemm": achieved / gemm_rate,
+                                   "gemm_seconds_per_epoch": gemm * steps, "augment_shift": shift}
+        print(f"{name}: epoch {epoch:.2f}s, {achieved / 1e9:.1f} GFLOP/s = {achieved / gemm_rate:.1%} of "
+              f"torch.mm on the same shapes ({gemm_rate / 1e9:.1f} GFLOP/s)")
+    config = TrainConfig(epochs=1, batch_size=BATCH, lr=0.05)
+    plain, distilled = [], []
+    for _ in range(args.epochs):  # interleaved, so drift in machine load hits both alike
+        plain.append(time_epoch(STUDENT, config, HARD_LABELS, inputs, labels))
+        distilled.append(time_epoch(STUDENT, config, LossWeights(20.0, 1.0, 0.0), inputs, labels, soft))
+    ratio = statistics.median(distilled) / statistics.median(plain)
+    results["distillation_epoch"] = {"plain_seconds": statistics.median(plain),
+                                     "distill_seconds": statistics.median(distilled), "ratio": ratio,
+                                     "setting": "800-800 student, cached soft targets, T=20, w_soft=1, w_hard=0"}
+    print(f"cached-soft-target epoch / hard-label epoch: {ratio:.3f}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Where a result came from: package versions, git commit and machine, recorded with every run and checkpoint."""
+
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+import distill
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torchvision
+
+    # str(): torch's version object is a str subclass that weights_only loading refuses.
+    return {"distillery": distill.__version__, "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def git_sha() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return sha or None
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform(terse=True)}"
