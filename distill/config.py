@@ -195,6 +195,11 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
         return float(value)
     if hint is int and isinstance(value, str) and value.lstrip("-").isdigit():
         return int(value)  # YAML mapping keys such as class ids arrive as strings from --set
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; users mean a number
+        except ValueError:
+            pass
     if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"config key '{key}' must be {hint.__name__}, got {value!r}")
     return value

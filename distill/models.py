@@ -82,7 +82,7 @@ class MLP(nn.Module):
             return
         for layer in self.net:
             if isinstance(layer, nn.Linear):
-                layer.weight.copy_(torch.renorm(layer.weight, p=2, dim=0, maxnorm=self.max_norm))
+                layer.weight.renorm_(p=2, dim=0, maxnorm=self.max_norm)
 
 
 @register_model("cnn")

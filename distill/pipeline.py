@@ -32,12 +32,10 @@ log = logging.getLogger(__name__)
 class Run:
     """The state one `distillery run` builds up: data, models, seeds, histories and timings."""
 
-    def __init__(self, config: RunConfig, out_dir: Path, data_root: Path, download: bool = False,
-                 progress: bool = False):
+    def __init__(self, config: RunConfig, out_dir: Path, progress: bool = False):
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
         self.seed = set_seed(config.seed)
         self.device = _resolve_device(config.device)
-        self.data_root, self.download = data_root, download
         self.seeds: dict[str, int] = {}
         self.history: dict[str, list[dict]] = {}
         self.seconds: dict[str, float] = {}
@@ -68,17 +66,22 @@ class Run:
 
 
 def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = False, progress: bool = False) -> dict:
-    """Run the whole pipeline and write config.yaml, checkpoints, metrics.json and report.md into `out_dir`."""
+    """Run the whole pipeline and write config.yaml, checkpoints, metrics.json and report.md into `out_dir`.
+
+    Everything that can be checked before training (data, class ids, model specs, a given teacher checkpoint,
+    the transfer set) is checked before the run folder is written to.
+    """
     started = time.perf_counter()
-    state = Run(config, out_dir, data_root, download, progress)
-    state.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(state.out_dir / "config.yaml", dump_config(config))
-    data = load_dataset(config.data.name, data_root, config.data.options, download)
-    data = _to_device(data, state.device)
-    teacher, teacher_checksum = _teacher(state, data)
+    state = Run(config, out_dir, progress)
+    data = _to_device(load_dataset(config.data.name, data_root, config.data.options, download), state.device)
+    _check_against_data(config, data)
     transfer = make_transfer_set(data.y_train, data.num_classes, config.transfer.fraction,
                                  config.transfer.omit_classes, config.transfer.keep_classes,
                                  seed=state.model_seed("transfer"))
+    loaded_teacher = _load_teacher(state, data) if config.teacher.checkpoint else None
+    state.out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(state.out_dir / "config.yaml", dump_config(config))
+    teacher, teacher_checksum = loaded_teacher or _train_teacher(state, data)
     inputs, labels = data.x_train[transfer.indices], data.y_train[transfer.indices]
     targets = _soft_targets(config, teacher, teacher_checksum, inputs)
     student_spec, student_train = config.student.model, config.student.train
@@ -94,18 +97,30 @@ def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = Fals
     return metrics
 
 
-def _teacher(state: Run, data: Dataset) -> tuple[nn.Module, str]:
+def _check_against_data(config: RunConfig, data: Dataset) -> None:
+    """Fail before hours of training when the config cannot fit the data: class ids and model arguments."""
+    for cls in config.bias.fixed:
+        if not 0 <= cls < data.num_classes:
+            raise ConfigError(f"bias.fixed names class {cls}, but {data.name} has classes 0..{data.num_classes - 1}")
+    for spec in (config.teacher.model, config.student.model):
+        create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs)
+
+
+def _train_teacher(state: Run, data: Dataset) -> tuple[nn.Module, str]:
     config = state.config.teacher
-    if config.checkpoint is None:
-        teacher, checksum = state.fit("teacher", config.model, data, data.x_train, data.y_train, config.train)
-        return freeze(teacher), checksum
-    teacher, payload = load_checkpoint(config.checkpoint, state.device)
+    teacher, checksum = state.fit("teacher", config.model, data, data.x_train, data.y_train, config.train)
+    return freeze(teacher), checksum
+
+
+def _load_teacher(state: Run, data: Dataset) -> tuple[nn.Module, str]:
+    path = state.config.teacher.checkpoint
+    teacher, payload = load_checkpoint(path, state.device)
     if payload["num_classes"] != data.num_classes or tuple(payload["input_shape"]) != data.input_shape:
-        raise CheckpointError(f"teacher checkpoint {config.checkpoint} is for {payload['num_classes']} classes of "
-                              f"shape {tuple(payload['input_shape'])}, but {data.name} has {data.num_classes} "
-                              f"classes of shape {data.input_shape}")
+        raise CheckpointError(f"teacher checkpoint {path} is for {payload['num_classes']} classes of shape "
+                              f"{tuple(payload['input_shape'])}, but {data.name} has {data.num_classes} classes of "
+                              f"shape {data.input_shape}")
     state.seeds["teacher"] = payload["seed"]
-    return freeze(teacher), sha256_file(config.checkpoint)
+    return freeze(teacher), sha256_file(path)
 
 
 def _soft_targets(config: RunConfig, teacher: nn.Module, checksum: str, inputs: torch.Tensor) -> SoftTargets | None:
@@ -137,9 +152,6 @@ def _bias_corrections(state: Run, data: Dataset, student: nn.Module, student_log
     config = state.config.bias
     corrected, record = {}, {"absent_classes": absent}
     if config.fixed:
-        for cls in config.fixed:
-            if not 0 <= cls < data.num_classes:
-                raise ConfigError(f"bias.fixed names class {cls}, but the data set has classes 0..{data.num_classes - 1}")
         corrected["student_bias_fixed"] = shift_logits(student_logits, config.fixed)
         record["fixed"] = config.fixed
     if config.auto and absent:

@@ -18,6 +18,7 @@ def _sets(assignments):
     return [arg for a in assignments for arg in ("--set", a)]
 
 
+@pytest.mark.slow
 def test_tiny_end_to_end_run_writes_the_contract_files(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), *_sets(TINY)]) == 0
@@ -39,6 +40,7 @@ def test_tiny_end_to_end_run_writes_the_contract_files(tmp_path, capsys):
     assert {p.name for p in out.glob("*.pt")} == {"teacher.pt", "student.pt", "baseline.pt"}
 
 
+@pytest.mark.slow
 def test_run_from_a_saved_teacher_reuses_it(tmp_path):
     first = tmp_path / "first"
     assert main(["run", "--out", str(first), *_sets(TINY)]) == 0
@@ -61,13 +63,25 @@ def test_run_from_a_saved_teacher_reuses_it(tmp_path):
     (["--set", "data.name=mnist", "--data-root", "{tmp}/nothing"], "MNIST not found"),
     (["--set", "teacher.checkpoint={tmp}/absent.pt"], "checkpoint not found"),
     (["{tmp}/absent.yaml"], "config file not found"),
+    (["--set", "bias.fixed={12: 1.0}"], "bias.fixed names class 12"),
+    (["--set", "student.model.kwargs={width: 3}"], "unknown argument 'width'"),
+    (["--set", "data.options={classes: 5}"], "unknown option 'classes'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    _assert_one_line_failure(tmp_path, args, message, exit_code=2)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_nan_during_the_run_is_one_line_and_exit_1(tmp_path):
+    _assert_one_line_failure(tmp_path, [*_sets(TINY), "--set", "teacher.train.lr=1e30"], "loss became nan", 1)
+
+
+def _assert_one_line_failure(tmp_path, args, message, exit_code):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "distill.cli", "run", "--out", str(out), *args],
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == exit_code, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("distillery: error:") and message in lines[0], result.stderr
     assert not (out / "metrics.json").exists()

@@ -27,8 +27,9 @@ def test_overrides_reach_nested_keys_and_parse_yaml_values():
     assert config.transfer.keep_classes == [7, 8]
 
 
-def test_integer_is_accepted_for_a_float_key():
+def test_integer_and_exponent_forms_are_accepted_for_a_float_key():
     assert load_config(overrides=["student.loss.temperature=20"]).student.loss.temperature == 20.0
+    assert load_config(overrides=["student.train.lr=1e-3"]).student.train.lr == 0.001
 
 
 def test_yaml_model_section_replaces_the_default_kwargs(tmp_path):

@@ -25,6 +25,7 @@ def test_fashion_mnist_shapes_and_counts(data_root):
     assert torch.bincount(data.y_test).tolist() == [1000] * 10
 
 
+@pytest.mark.slow
 def test_omniglot_background_classes_alphabets_and_split(data_root):
     data = load_dataset("omniglot", data_root, {"subset": "background"})
     assert data.num_classes == 964
