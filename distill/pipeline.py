@@ -54,10 +54,13 @@ class Run:
         started = time.perf_counter()
         with tqdm(total=train_config.epochs, desc=name, disable=not self.progress, leave=False) as bar:
             def on_epoch(epoch: int, record: dict) -> None:
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                # A training curve for the report, never used to choose a model.
+                predicted = predict_logits(model, data.x_test).argmax(dim=1)
+                record["test_accuracy"] = (predicted == data.y_test).float().mean().item()
+                bar.set_postfix(loss=f"{record['loss']:.4f}", test_acc=f"{record['test_accuracy']:.4f}")
                 bar.update()
-                log.info("%s epoch %d/%d loss %.4f (%.1fs)", name, epoch, train_config.epochs, record["loss"],
-                         record["seconds"])
+                log.info("%s epoch %d/%d loss %.4f test accuracy %.4f (%.1fs)", name, epoch, train_config.epochs,
+                         record["loss"], record["test_accuracy"], record["seconds"])
             self.history[name] = train(model, inputs, labels, train_config, weights, targets, seed, on_epoch)
         self.seconds[name] = time.perf_counter() - started
         checksum = save_checkpoint(self.out_dir / f"{name}.pt", model, to_dict(spec), num_classes=data.num_classes,
