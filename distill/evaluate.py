@@ -65,3 +65,17 @@ def prior_matching_shift(logits: torch.Tensor, classes: list[int], target_share:
         else:
             high = middle
     return high
+
+
+def shift_tuned_on_labels(logits: torch.Tensor, labels: torch.Tensor, classes: list[int], low: float = -20.0,
+                     high: float = 20.0, step: float = 0.05) -> float:
+    """The shift for `classes` with the fewest errors on these labelled data: what the paper did on its test set.
+
+    Tuned on test labels it is an optimistic reference for the shifts chosen without them, not a method to use.
+    Ties go to the shift closest to zero.
+    """
+    shifts = torch.arange(round(low / step), round(high / step) + 1, dtype=torch.float64) * step  # exact 0.0
+    shifts = shifts[shifts.abs().argsort(stable=True)]
+    errors = torch.stack([(shift_logits(logits, dict.fromkeys(classes, s.item())).argmax(1) != labels).sum()
+                          for s in shifts])
+    return shifts[errors.argmin()].item()

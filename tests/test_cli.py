@@ -37,6 +37,7 @@ def test_tiny_end_to_end_run_writes_the_contract_files(tmp_path, capsys):
     assert resolved["student"]["train"]["epochs"] == 3 and resolved["bias"]["fixed"] == {2: 1.5}
     report = (out / "report.md").read_text()
     assert "| student |" in report and "Automatic bias shift" in report
+    assert "Test errors on the classes absent from the transfer set" in report
     assert {p.name for p in out.glob("*.pt")} == {"teacher.pt", "student.pt", "baseline.pt"}
 
 

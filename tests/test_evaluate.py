@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from distill.evaluate import classification_metrics, expected_calibration_error, prior_matching_shift, shift_logits
+from distill.evaluate import (classification_metrics, expected_calibration_error, prior_matching_shift, shift_logits,
+                              shift_tuned_on_labels)
 
 
 def test_metrics_on_a_hand_made_case():
@@ -40,3 +41,13 @@ def test_prior_matching_recovers_the_share_of_an_absent_class():
     share = (shift_logits(logits, {2: shift}).argmax(1) == 2).float().mean().item()
     assert share == pytest.approx(0.3, abs=0.002)
     assert 8.0 < shift < 12.0
+
+
+def test_shift_tuned_on_labels_minimises_errors_and_prefers_small_shifts():
+    logits = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    labels = torch.tensor([1, 1, 0, 0])
+
+    shift = shift_tuned_on_labels(logits, labels, [1])
+    # Any shift in (1, 2) turns the first two rows to class 1 and keeps the last two: 1 error, the minimum.
+    assert 1.0 < shift <= 1.1
+    assert shift_tuned_on_labels(torch.tensor([[0.0, 5.0]]), torch.tensor([1]), [1]) == 0.0
