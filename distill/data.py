@@ -228,18 +228,18 @@ def _read_omniglot(folders: list[Path], size: int) -> dict[str, torch.Tensor]:
 def translate_batch(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Shift each image of an N x C x H x W batch by its own random offset in [-max_shift, max_shift] pixels.
 
-    The whole batch is moved with one gather on a zero-padded copy, not image by image.
+    The whole batch moves with one gather on a zero-padded, flattened copy, not image by image.
     """
     if max_shift == 0:
         return images
-    n, _, height, width = images.shape
-    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
+    n, channels, height, width = images.shape
+    padded_width = width + 2 * max_shift
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4).reshape(n, channels, -1)
     offsets = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator, device=images.device)
-    rows = (torch.arange(height, device=images.device) + offsets[0, :, None])[:, None, :, None]
-    cols = (torch.arange(width, device=images.device) + offsets[1, :, None])[:, None, None, :]
-    batch = torch.arange(n, device=images.device)[:, None, None, None]
-    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-    return padded[batch, channel, rows, cols]
+    window = (torch.arange(height, device=images.device)[:, None] * padded_width
+              + torch.arange(width, device=images.device)).reshape(-1)
+    index = window + (offsets[0] * padded_width + offsets[1])[:, None]
+    return padded.gather(2, index[:, None, :].expand(n, channels, -1)).reshape(n, channels, height, width)
 
 
 @dataclass

@@ -45,6 +45,30 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+class BitDropout(nn.Module):
+    """Inverted dropout whose mask comes from 16-bit slices of 32-bit random words.
+
+    torch's CPU bernoulli_ draws one random number per element and is slow (about 17 ns each here, a third of
+    a 1200-1200 MLP's training step). Each 32-bit draw gives two 16-bit uniforms here, so the rate is
+    `round(p * 65536) / 65536` (0.2 becomes 0.20001): the same distribution as nn.Dropout up to that rounding.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.threshold = -(2**15) + round(p * 2**16)  # a signed 16-bit uniform below this is dropped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        words = torch.randint(-(2**31), 2**31, ((x.numel() + 1) // 2,), dtype=torch.int32, device=x.device)
+        keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= self.threshold
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 @register_model("mlp")
 class MLP(nn.Module):
     """ReLU MLP with dropout on inputs and hidden units, and an optional max-norm constraint.
@@ -64,11 +88,11 @@ class MLP(nn.Module):
         widths = [math.prod(input_shape), *list(hidden)]
         layers: list[nn.Module] = [nn.Flatten()]
         if dropout_input:
-            layers.append(nn.Dropout(dropout_input))
+            layers.append(BitDropout(dropout_input))
         for fan_in, fan_out in zip(widths, widths[1:]):
             layers += [nn.Linear(fan_in, fan_out), nn.ReLU(inplace=True)]
             if dropout_hidden:
-                layers.append(nn.Dropout(dropout_hidden))
+                layers.append(BitDropout(dropout_hidden))
         layers.append(nn.Linear(widths[-1], num_classes))
         self.net = nn.Sequential(*layers)
         self.max_norm = max_norm
