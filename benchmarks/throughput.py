@@ -37,7 +37,7 @@ def training_flops_per_example(widths: list[int]) -> int:
     return 6 * sum(i * o for i, o in layers) - 2 * layers[0][0] * layers[0][1]
 
 
-def gemm_seconds_per_step(widths: list[int], repeats: int = 30) -> float:
+def gemm_seconds_per_step(widths: list[int], repeats: int = 100) -> float:
     """Seconds torch.mm takes for one step's GEMMs (same shapes as the MLP's forward and backward)."""
     shapes = []
     for index, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):

@@ -63,8 +63,9 @@ class Run:
                     record["test_accuracy"] = (predicted == data.y_test).float().mean().item()
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 bar.update()
+                accuracy = f"{record['test_accuracy']:.4f}" if "test_accuracy" in record else "-"
                 log.info("%s epoch %d/%d loss %.4f test accuracy %s (%.1fs)", name, epoch, train_config.epochs,
-                         record["loss"], record.get("test_accuracy", "-"), record["seconds"])
+                         record["loss"], accuracy, record["seconds"])
             self.history[name] = train(model, inputs, labels, train_config, weights, targets, seed, on_epoch)
         self.seconds[name] = time.perf_counter() - started
         checksum = save_checkpoint(self.out_dir / f"{name}.pt", model, to_dict(spec), num_classes=data.num_classes,
