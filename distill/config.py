@@ -200,7 +200,7 @@ def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
             return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; users mean a number
         except ValueError:
             pass
-    if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
+    if (hint in (int, float) and isinstance(value, bool)) or not isinstance(value, hint):  # bool is an int
         raise ConfigError(f"config key '{key}' must be {hint.__name__}, got {value!r}")
     return value
 
