@@ -7,6 +7,7 @@ rejecting unknown keys, wrong types and impossible values with a ConfigError nam
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -144,6 +145,14 @@ class RunConfig:
         self.student.train.validate("student.train")
         self.student.loss.validate("student.loss")
         self.transfer.validate()
+
+
+def check_arguments(function: Any, given: dict[str, Any], fixed: set[str], what: str, where: str) -> None:
+    """Reject keys of `given` that `function` does not take (besides the `fixed` ones Distillery passes itself)."""
+    accepted = set(inspect.signature(function).parameters) - fixed
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise ConfigError(f"unknown {what} '{unknown[0]}' {where} (known: {', '.join(sorted(accepted)) or 'none'})")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -6,7 +6,6 @@ int64 labels, and, where the data set knows one, the coarse group of each class.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import zipfile
@@ -17,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from distill.config import check_arguments
 from distill.errors import ConfigError, DataError
 from distill.storage import atomic_torch_save, cache_home
 
@@ -67,11 +67,7 @@ def load_dataset(name: str, root: Path, options: dict | None = None, download: b
         raise ConfigError(f"unknown data set '{name}' in data.name (known: {', '.join(dataset_names())})")
     loader = _LOADERS[name]
     options = dict(options or {})
-    accepted = {p for p in inspect.signature(loader).parameters if p not in ("root", "download")}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise ConfigError(f"unknown option '{unknown[0]}' in data.options for '{name}' "
-                          f"(known: {', '.join(sorted(accepted)) or 'none'})")
+    check_arguments(loader, options, {"root", "download"}, "option", f"in data.options for '{name}'")
     return loader(root=Path(root), download=download, **options)
 
 

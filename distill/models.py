@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Callable
 
 import torch
 from torch import nn
 
+from distill.config import check_arguments
 from distill.errors import ConfigError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -30,10 +30,7 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **kw
     if name not in _MODELS:
         raise ConfigError(f"unknown model '{name}' (known: {', '.join(model_names())})")
     builder = _MODELS[name]
-    accepted = set(inspect.signature(builder).parameters) - {"num_classes", "input_shape"}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise ConfigError(f"unknown argument '{unknown[0]}' for model '{name}' (known: {', '.join(sorted(accepted))})")
+    check_arguments(builder, kwargs, {"num_classes", "input_shape"}, "argument", f"for model '{name}'")
     return builder(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
 
 
