@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 from distill.config import LossWeights, TrainConfig
 from distill.models import create_model
-from distill.provenance import git_sha
+from distill.provenance import git_sha, machine
 from distill.train import HARD_LABELS, SoftTargets, make_optimizer, make_schedule, train_epoch
 
 N, BATCH, INPUT = 60_000, 128, 784
@@ -73,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     inputs, labels = torch.rand(N, 1, 28, 28), torch.randint(0, 10, (N,))
     soft = SoftTargets(logits=torch.randn(N, 10) * 5)
-    results = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads",
+    results = {"machine": machine(),
                "torch": str(torch.__version__), "git_sha": git_sha(), "batch_size": BATCH, "epochs_timed": args.epochs,
                "command": "python benchmarks/throughput.py --epochs %d" % args.epochs, "models": {}}
     for name, kwargs, shift in [("teacher_1200_1200", TEACHER, 2), ("student_800_800", STUDENT, 0)]:

@@ -33,14 +33,18 @@ def save_checkpoint(path: str | Path, model: nn.Module, spec: dict[str, Any], *,
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from its checkpoint after verifying the checksum; returns (model, payload)."""
+    """Rebuild the model from its checkpoint after verifying the checksum; returns (model, payload).
+
+    The payload gains `sha256`, the verified checksum of the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     sidecar = path.with_name(path.name + ".sha256")
     if not sidecar.is_file():
         raise CheckpointError(f"checkpoint {path} has no checksum file {sidecar.name}")
-    if sha256_file(path) != sidecar.read_text().strip():
+    checksum = sha256_file(path)
+    if checksum != sidecar.read_text().strip():
         raise CheckpointError(f"checkpoint {path} does not match its checksum: it was changed after it was written")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
@@ -50,4 +54,5 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, d
     except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {first_line}") from None
+    payload["sha256"] = checksum  # verified above; callers use it as the model's identity
     return model.to(device), payload

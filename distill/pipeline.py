@@ -23,7 +23,7 @@ from distill.provenance import git_sha, machine, versions
 from distill.report import write_report
 from distill.seed import derive_seed, set_seed
 from distill.soft_targets import cached_teacher_logits
-from distill.storage import atomic_write_json, atomic_write_text, cache_home, sha256_file
+from distill.storage import atomic_write_json, atomic_write_text, cache_home
 from distill.train import HARD_LABELS, SoftTargets, predict_logits, train
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def _load_teacher(state: Run, data: Dataset) -> tuple[nn.Module, str]:
                               f"shape {data.input_shape}")
     state.seeds["teacher"] = payload["seed"]
     state.teacher_spec = payload["model"]
-    return freeze(teacher), sha256_file(path)
+    return freeze(teacher), payload["sha256"]
 
 
 def _soft_targets(config: RunConfig, teacher: nn.Module, checksum: str, inputs: torch.Tensor) -> SoftTargets | None:

@@ -95,6 +95,7 @@ def test_checkpoint_round_trip_and_tamper_detection(digits, tmp_path):
     loaded, payload = load_checkpoint(path)
     torch.testing.assert_close(predict_logits(loaded, digits.x_test), predict_logits(model, digits.x_test))
     assert payload["seed"] == 5 and payload["config"] == {"seed": 5} and "torch" in payload["versions"]
+    assert payload["sha256"] == (tmp_path / "m.pt.sha256").read_text().strip()
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(CheckpointError, match="does not match its checksum"):
         load_checkpoint(path)
