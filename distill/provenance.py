@@ -1,5 +1,6 @@
 """Where a result came from: package versions, git commit and machine, recorded with every run and checkpoint."""
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -20,6 +21,9 @@ def versions() -> dict[str, str]:
 
 
 def git_sha() -> str | None:
+    """The checkout's commit; DISTILLERY_GIT_SHA names it where the code travels without .git (a copied tree)."""
+    if os.environ.get("DISTILLERY_GIT_SHA"):
+        return os.environ["DISTILLERY_GIT_SHA"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).parent).stdout.strip()
