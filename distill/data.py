@@ -252,6 +252,7 @@ def make_transfer_set(labels: torch.Tensor, num_classes: int, fraction: float = 
     for c in [*omit_classes, *(keep_classes or [])]:
         if not 0 <= c < num_classes:
             raise ConfigError(f"transfer class filter names class {c}, but the data set has classes 0..{num_classes - 1}")
+    labels = labels.cpu()  # indices stay on the CPU; they index device tensors just as well
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(labels), generator=generator)[: max(1, round(fraction * len(labels)))]
     indices = indices.sort().values
