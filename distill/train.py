@@ -7,6 +7,7 @@ augmented, from a frozen teacher run on each augmented batch.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -39,19 +40,25 @@ class SoftTargets:
 
 
 EpochCallback = Callable[[int, dict], None]
+StateCallback = Callable[[dict], None]
 
 
 def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
           weights: LossWeights = HARD_LABELS, targets: SoftTargets | None = None, seed: int = 0,
-          on_epoch: EpochCallback | None = None) -> list[dict]:
-    """Train `model` in place; returns one record per epoch (loss, seconds). Raises TrainingError on NaN."""
+          on_epoch: EpochCallback | None = None, on_state: StateCallback | None = None,
+          resume_from: dict | None = None) -> list[dict]:
+    """Train `model` in place; returns one record per epoch (loss, seconds). Raises TrainingError on NaN.
+
+    After every epoch `on_state` receives the whole training state (see `training_state`); passing such a state
+    as `resume_from` continues from that epoch exactly as if training had not stopped.
+    """
     if weights.w_soft and targets is None:
         raise ValueError("soft-target training needs SoftTargets")
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
     optimizer = make_optimizer(model, config)
     scheduler = make_schedule(optimizer, config, steps_per_epoch=math.ceil(len(inputs) / config.batch_size))
-    history = []
-    for epoch in range(config.epochs):
+    history = restore_training_state(resume_from, model, optimizer, scheduler, generator) if resume_from else []
+    for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
         loss = train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator)
         if not math.isfinite(loss):
@@ -61,7 +68,33 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: 
         history.append(record)
         if on_epoch is not None:
             on_epoch(epoch + 1, record)
+        if on_state is not None:
+            on_state(training_state(model, optimizer, scheduler, generator, history))
     return history
+
+
+def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, generator: torch.Generator,
+                   history: list[dict]) -> dict:
+    """Everything a resumed run needs to continue bit for bit: weights, optimizer and schedule, the batch-order
+    generator and the global RNG (dropout masks draw from it), and the epochs done so far."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(), "history": list(history)}
+    if generator.device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(generator.device)
+    return copy.deepcopy(state)  # state_dict() shares the live tensors, which the next epoch overwrites
+
+
+def restore_training_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                           generator: torch.Generator) -> list[dict]:
+    """Load a `training_state` into freshly built objects; returns the history of the epochs already done."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["cpu_rng"])
+    if "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], generator.device)
+    return list(state["history"])
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, inputs: torch.Tensor,

@@ -1,0 +1,54 @@
+"""Combining the members of an ensemble into one predictive distribution (method.md section 1).
+
+The paper averages the members' distributions (arithmetic mean); the geometric mean (a normalised product of
+experts, equal to the softmax of the mean logits when weights are equal) is the other natural choice. Which one is
+used is always explicit: `method` has no silent default in the config.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distill.errors import ConfigError
+
+METHODS = ("arithmetic", "geometric")
+
+
+def normalised_weights(weights: list[float] | None, members: int) -> torch.Tensor:
+    """Member weights that sum to one; None means equal weights."""
+    if weights is None:
+        return torch.full((members,), 1.0 / members)
+    if len(weights) != members:
+        raise ConfigError(f"ensemble.weights needs one weight per member: got {len(weights)} for {members} members")
+    tensor = torch.tensor(weights, dtype=torch.float64)
+    if (tensor < 0).any() or tensor.sum() <= 0:
+        raise ConfigError(f"ensemble.weights must be >= 0 and not all zero, got {weights}")
+    return (tensor / tensor.sum()).float()
+
+
+def combine_log_probs(member_logits: torch.Tensor, temperature: float = 1.0, method: str = "arithmetic",
+                      weights: list[float] | None = None) -> torch.Tensor:
+    """Log-probabilities (N, C) of the combined distribution at temperature T.
+
+    member_logits: (M, N, C), one slice per member.
+      arithmetic: p = sum_m w_m softmax(z_m / T)                 (Hinton et al. 2015, section 1)
+      geometric:  p proportional to prod_m softmax(z_m / T)^w_m
+    """
+    if method not in METHODS:
+        raise ConfigError(f"ensemble.combine must be one of {', '.join(METHODS)}, got {method!r}")
+    w = normalised_weights(weights, member_logits.shape[0]).to(member_logits.device)[:, None, None]
+    log_probs = F.log_softmax(member_logits.float() / temperature, dim=-1)
+    if method == "arithmetic":
+        return torch.logsumexp(log_probs + w.log(), dim=0)
+    return F.log_softmax((w * log_probs).sum(dim=0), dim=-1)
+
+
+def ensemble_logits(member_logits: torch.Tensor, temperature: float = 1.0, method: str = "arithmetic",
+                    weights: list[float] | None = None) -> torch.Tensor:
+    """Logits (N, C) whose softmax at `temperature` is the combined distribution at that temperature.
+
+    T * log p: soft-target code that applies softmax(z / T) to teacher logits then sees the ensemble's
+    distribution at T unchanged, so one training loop serves single teachers and ensembles.
+    """
+    return temperature * combine_log_probs(member_logits, temperature, method, weights)
