@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default: runs/<UTC time>)")
     run.add_argument("--data-root", help="data root (default: $DISTILLERY_DATA, else the per-user cache)")
     run.add_argument("--download", action="store_true", help="allow downloading a missing data set")
+    run.add_argument("--address", help="join this Ray cluster ('auto' or HOST:PORT) instead of starting a local one")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out: reuse finished models, resume unfinished ones")
     run.add_argument("--verbose", "-v", action="store_true", help="log every epoch")
     return parser
 
@@ -35,7 +38,8 @@ def command_run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
     if out_dir.exists() and not out_dir.is_dir():
         raise DistilleryError(f"--out {out_dir} is a file, not a folder")
-    metrics = run(config, out_dir, data_root, args.download, progress=sys.stderr.isatty())
+    metrics = run(config, out_dir, data_root, args.download, progress=sys.stderr.isatty(), address=args.address,
+                  resume=args.resume)
     for name, model in metrics["models"].items():
         print(f"{name:>20}: accuracy {model['accuracy']:.4f}, errors {model['errors']}")
     print(f"report: {out_dir / 'report.md'}")

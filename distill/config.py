@@ -70,6 +70,54 @@ class TeacherConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """The teacher as an ensemble of `size` members, each with its own derived seed (method.md section 3).
+
+    Members use teacher.model and teacher.train, or the specs in `models` taken in turn (member i gets
+    models[i % len(models)]). `combine` is how member distributions become one: "arithmetic" (the paper's mean of
+    probabilities) or "geometric"; `weights` (one per member, >= 0) default to equal.
+    """
+
+    size: int = 3
+    models: list[ModelSpec] = field(default_factory=list)
+    combine: str = "arithmetic"
+    weights: list[float] | None = None
+
+    def validate(self) -> None:
+        _require(self.size >= 1, f"ensemble.size must be >= 1, got {self.size}")
+        _require(self.combine in ("arithmetic", "geometric"),
+                 f"ensemble.combine must be arithmetic or geometric, got {self.combine!r}")
+        _require(self.weights is None or len(self.weights) == self.size,
+                 f"ensemble.weights needs one weight per member ({self.size}), got {self.weights}")
+        _require(self.weights is None or (min(self.weights) >= 0 and sum(self.weights) > 0),
+                 f"ensemble.weights must be >= 0 and not all zero, got {self.weights}")
+
+
+@dataclass
+class ClusterConfig:
+    """Where the models of a run train. "ray" fans them out over Ray workers (a local Ray by default, or the
+    cluster named by --address); "local" trains them one after another in this process, without Ray.
+
+    num_cpus / num_gpus are reserved per model on its worker (torch uses that many threads); a model whose worker
+    or node dies is retried up to `max_retries` times from its last epoch. Soft targets of large transfer sets are
+    computed in shards of `shard_rows` rows, in parallel.
+    """
+
+    executor: str = "ray"
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_retries: int = 3
+    shard_rows: int = 20000
+
+    def validate(self) -> None:
+        _require(self.executor in ("ray", "local"), f"cluster.executor must be ray or local, got {self.executor!r}")
+        _require(self.num_cpus > 0, f"cluster.num_cpus must be > 0, got {self.num_cpus}")
+        _require(self.num_gpus >= 0, f"cluster.num_gpus must be >= 0, got {self.num_gpus}")
+        _require(self.max_retries >= 0, f"cluster.max_retries must be >= 0, got {self.max_retries}")
+        _require(self.shard_rows >= 1, f"cluster.shard_rows must be >= 1, got {self.shard_rows}")
+
+
+@dataclass
 class TransferConfig:
     """The inputs the student learns from: a random fraction of the training set, minus class filters."""
 
@@ -133,6 +181,8 @@ class RunConfig:
     device: str = "cpu"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
@@ -145,6 +195,10 @@ class RunConfig:
         self.student.train.validate("student.train")
         self.student.loss.validate("student.loss")
         self.transfer.validate()
+        self.ensemble.validate()
+        self.cluster.validate()
+        _require(not (self.teacher.checkpoint and self.ensemble.size > 1),
+                 "teacher.checkpoint loads one teacher; it cannot be combined with ensemble.size > 1")
 
 
 def check_arguments(function: Any, given: dict[str, Any], fixed: set[str], what: str, where: str) -> None:

@@ -1,19 +1,23 @@
-"""`distillery run`: teacher -> transfer set -> soft targets -> student and baseline -> evaluation -> report.
+"""`distillery run`: teachers -> transfer set -> soft targets -> student and baseline -> evaluation -> report.
 
-Every model's seed is derived from the run's seed and its name, and recorded in metrics.json.
+The teacher is one model or an ensemble of members trained in parallel (ensembles.fanout). Every model's seed is
+derived from the run's seed and its name, and recorded in metrics.json. Every model is trained through
+`ensembles.jobs.run_job`, so a rerun with `resume=True` reuses finished models and resumes unfinished ones.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from distill.checkpoint import load_checkpoint, save_checkpoint
+from distill.checkpoint import load_checkpoint
 from distill.config import LossWeights, ModelSpec, RunConfig, TrainConfig, dump_config, to_dict
 from distill.data import Dataset, load_dataset, make_transfer_set
 from distill.errors import CheckpointError, ConfigError
@@ -22,13 +26,15 @@ from distill.models import create_model, freeze
 from distill.provenance import git_sha, machine, versions
 from distill.report import write_report
 from distill.seed import derive_seed, set_seed
-from distill.soft_targets import cached_teacher_logits
+from distill.soft_targets import cached_logits
 from distill.storage import atomic_write_json, atomic_write_text, cache_home
-from distill.train import HARD_LABELS, SoftTargets, predict_logits, train
+from distill.train import HARD_LABELS, SoftTargets, predict_logits
+from ensembles.cluster import ray_session
+from ensembles.combine import Ensemble, combine_log_probs, ensemble_logits
+from ensembles.fanout import predict_all, train_jobs
+from ensembles.jobs import JobData, JobResult, TrainJob, checkpoint_path, load_job_model, run_job
 
 log = logging.getLogger(__name__)
-
-CURVE_POINTS = 50
 
 
 class Run:
@@ -41,43 +47,38 @@ class Run:
         self.seeds: dict[str, int] = {}
         self.history: dict[str, list[dict]] = {}
         self.seconds: dict[str, float] = {}
-        self.teacher_spec: dict = {}
 
     def model_seed(self, name: str) -> int:
         self.seeds[name] = derive_seed(self.seed, name)
         return self.seeds[name]
 
+    def job(self, name: str, spec: ModelSpec, data: Dataset, train_config: TrainConfig,
+            weights: LossWeights = HARD_LABELS) -> TrainJob:
+        return TrainJob(name, spec, train_config, self.model_seed(name), data.num_classes, data.input_shape, weights,
+                        to_dict(self.config))
+
+    def record(self, result: JobResult) -> None:
+        self.history[result.name], self.seconds[result.name] = result.history, result.train_seconds
+
     def fit(self, name: str, spec: ModelSpec, data: Dataset, inputs: torch.Tensor, labels: torch.Tensor,
             train_config: TrainConfig, weights: LossWeights = HARD_LABELS,
-            targets: SoftTargets | None = None) -> tuple[nn.Module, str]:
-        """Create, train and checkpoint model `name`; returns (model, checkpoint checksum)."""
-        seed = self.model_seed(name)
-        torch.manual_seed(seed)
-        model = create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs).to(self.device)
-        started = time.perf_counter()
+            targets: SoftTargets | None = None) -> nn.Module:
+        """Train model `name` in this process (or reuse / resume it from the run folder) and return it."""
+        job = self.job(name, spec, data, train_config, weights)
+        job_data = JobData(inputs, labels, targets, (data.x_test, data.y_test))
         with tqdm(total=train_config.epochs, desc=name, disable=not self.progress, leave=False) as bar:
-            def on_epoch(epoch: int, record: dict) -> None:
-                # A training curve for the report (about CURVE_POINTS points), never used to choose a model.
-                if epoch % max(1, train_config.epochs // CURVE_POINTS) == 0 or epoch == train_config.epochs:
-                    predicted = predict_logits(model, data.x_test).argmax(dim=1)
-                    record["test_accuracy"] = (predicted == data.y_test).float().mean().item()
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-                bar.update()
-                accuracy = f"{record['test_accuracy']:.4f}" if "test_accuracy" in record else "-"
-                log.info("%s epoch %d/%d loss %.4f test accuracy %s (%.1fs)", name, epoch, train_config.epochs,
-                         record["loss"], accuracy, record["seconds"])
-            self.history[name] = train(model, inputs, labels, train_config, weights, targets, seed, on_epoch)
-        self.seconds[name] = time.perf_counter() - started
-        checksum = save_checkpoint(self.out_dir / f"{name}.pt", model, to_dict(spec), num_classes=data.num_classes,
-                                   input_shape=data.input_shape, seed=seed, config=to_dict(self.config))
-        return model, checksum
+            result = run_job(job, job_data, self.out_dir, on_epoch=lambda _, epoch, record: bar.update(epoch - bar.n))
+        self.record(result)
+        return load_job_model(self.out_dir, name, self.device)[0]
 
 
-def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = False, progress: bool = False) -> dict:
+def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = False, progress: bool = False,
+        address: str | None = None, resume: bool = False) -> dict:
     """Run the whole pipeline and write config.yaml, checkpoints, metrics.json and report.md into `out_dir`.
 
     Everything that can be checked before training (data, class ids, model specs, a given teacher checkpoint,
-    the transfer set) is checked before the run folder is written to.
+    the transfer set, the run folder) is checked before the run folder is written to. `address` names the Ray
+    cluster to join (None: a private local one); `resume` continues a run in `out_dir` made with the same config.
     """
     started = time.perf_counter()
     state = Run(config, out_dir, progress)
@@ -87,24 +88,49 @@ def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = Fals
                                  config.transfer.omit_classes, config.transfer.keep_classes,
                                  seed=state.model_seed("transfer"))
     loaded_teacher = _load_teacher(state, data) if config.teacher.checkpoint else None
-    state.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(state.out_dir / "config.yaml", dump_config(config))
-    teacher, teacher_checksum = loaded_teacher or _train_teacher(state, data)
-    inputs, labels = data.x_train[transfer.indices], data.y_train[transfer.indices]
-    targets = _soft_targets(config, teacher, teacher_checksum, inputs)
+    ray_needed = config.cluster.executor == "ray"
+    with ray_session(address) if ray_needed else nullcontext():
+        _prepare_run_folder(state.out_dir, config, resume)
+        teachers = loaded_teacher or _train_teachers(state, data)
+        inputs, labels = data.x_train[transfer.indices], data.y_train[transfer.indices]
+        targets = _soft_targets(state, teachers, inputs)
     student_spec, student_train = config.student.model, config.student.train
-    student, _ = state.fit("student", student_spec, data, inputs, labels, student_train, config.student.loss, targets)
-    models = {"teacher": teacher, "student": student}
+    models = {"student": state.fit("student", student_spec, data, inputs, labels, student_train,
+                                   config.student.loss, targets)}
     if config.baseline.enabled:
-        models["baseline"], _ = state.fit("baseline", student_spec, data, inputs, labels, student_train)
-    metrics = _evaluate(state, data, models, transfer.absent_classes)
+        models["baseline"] = state.fit("baseline", student_spec, data, inputs, labels, student_train)
+    metrics = _evaluate(state, data, teachers, models, transfer.absent_classes)
     metrics["transfer"] = {"size": len(transfer.indices), "absent_classes": transfer.absent_classes}
-    metrics["teacher"] = {"checkpoint": config.teacher.checkpoint, "checksum": teacher_checksum,
-                          "model": state.teacher_spec}
+    metrics["teacher"] = _teacher_record(config, teachers)
     metrics["run"] = _run_record(state, time.perf_counter() - started)
     atomic_write_json(state.out_dir / "metrics.json", metrics)
     write_report(state.out_dir, config, metrics)
     return metrics
+
+
+def _prepare_run_folder(out_dir: Path, config: RunConfig, resume: bool) -> None:
+    """Write config.yaml, refusing to mix two runs in one folder: a finished model there would be reused."""
+    saved = out_dir / "config.yaml"
+    if saved.is_file() and not resume:
+        raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    if saved.is_file() and saved.read_text() != dump_config(config):
+        raise ConfigError(f"--resume: {out_dir} holds a run of a different config ({_first_difference(saved, config)})"
+                          "; rerun with its config.yaml or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, dump_config(config))
+
+
+def _first_difference(saved: Path, config: RunConfig) -> str:
+    import yaml
+
+    def flat(node, prefix=""):
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}{key}.").items()}
+
+    old, new = flat(yaml.safe_load(saved.read_text())), flat(to_dict(config))
+    key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+    return f"{key.rstrip('.')}: {old.get(key)!r} there, {new.get(key)!r} now"
 
 
 def _check_against_data(config: RunConfig, data: Dataset) -> None:
@@ -112,50 +138,103 @@ def _check_against_data(config: RunConfig, data: Dataset) -> None:
     for cls in config.bias.fixed:
         if not 0 <= cls < data.num_classes:
             raise ConfigError(f"bias.fixed names class {cls}, but {data.name} has classes 0..{data.num_classes - 1}")
-    for spec in (config.teacher.model, config.student.model):
+    for spec in (config.teacher.model, *config.ensemble.models, config.student.model):
         create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs)
 
 
-def _train_teacher(state: Run, data: Dataset) -> tuple[nn.Module, str]:
-    config = state.config.teacher
-    teacher, checksum = state.fit("teacher", config.model, data, data.x_train, data.y_train, config.train)
-    state.teacher_spec = to_dict(config.model)
-    return freeze(teacher), checksum
+@dataclass
+class Teachers:
+    """The frozen teacher ("teacher") or ensemble members ("member_0", ...), with checkpoint paths and checksums."""
+
+    models: dict[str, nn.Module]
+    paths: dict[str, Path]
+    checksums: dict[str, str]
+    specs: dict[str, dict]
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.models) > 1
 
 
-def _load_teacher(state: Run, data: Dataset) -> tuple[nn.Module, str]:
-    path = state.config.teacher.checkpoint
+def _train_teachers(state: Run, data: Dataset) -> Teachers:
+    """One teacher, or the ensemble's members trained in parallel; member i uses ensemble.models[i % len]."""
+    config = state.config
+    size = config.ensemble.size
+    names = ["teacher"] if size == 1 else [f"member_{i}" for i in range(size)]
+    specs = config.ensemble.models or [config.teacher.model]
+    shared = JobData(data.x_train, data.y_train, None, (data.x_test, data.y_test))
+    jobs = [(state.job(name, specs[i % len(specs)], data, config.teacher.train), shared)
+            for i, name in enumerate(names)]
+    for result in train_jobs(jobs, state.out_dir, config.cluster, state.progress).values():
+        state.record(result)
+    loaded = {name: load_job_model(state.out_dir, name, state.device) for name in names}
+    return Teachers({name: freeze(model) for name, (model, _) in loaded.items()},
+                    {name: checkpoint_path(state.out_dir, name) for name in names},
+                    {name: checksum for name, (_, checksum) in loaded.items()},
+                    {job.name: to_dict(job.spec) for job, _ in jobs})
+
+
+def _load_teacher(state: Run, data: Dataset) -> Teachers:
+    path = Path(state.config.teacher.checkpoint)
     teacher, payload = load_checkpoint(path, state.device)
     if payload["num_classes"] != data.num_classes or tuple(payload["input_shape"]) != data.input_shape:
         raise CheckpointError(f"teacher checkpoint {path} is for {payload['num_classes']} classes of shape "
                               f"{tuple(payload['input_shape'])}, but {data.name} has {data.num_classes} classes of "
                               f"shape {data.input_shape}")
     state.seeds["teacher"] = payload["seed"]
-    state.teacher_spec = payload["model"]
-    return freeze(teacher), payload["sha256"]
+    return Teachers({"teacher": freeze(teacher)}, {"teacher": path}, {"teacher": payload["sha256"]},
+                    {"teacher": payload["model"]})
 
 
-def _soft_targets(config: RunConfig, teacher: nn.Module, checksum: str, inputs: torch.Tensor) -> SoftTargets | None:
-    """Cached teacher logits, unless the student's inputs are augmented: then the teacher sees each batch."""
-    if not config.student.loss.w_soft:
+def _soft_targets(state: Run, teachers: Teachers, inputs: torch.Tensor) -> SoftTargets | None:
+    """Cached teacher logits (each member's cached by its checksum, computed in parallel shards when missing),
+    unless the student's inputs are augmented: then the teachers see each augmented batch."""
+    config = state.config
+    loss = config.student.loss
+    if not loss.w_soft:
         return None
     if config.student.train.augment_shift:
-        return SoftTargets(teacher=teacher)
-    return SoftTargets(logits=cached_teacher_logits(teacher, checksum, inputs, cache_home() / "soft_targets"))
+        members = list(teachers.models.values())
+        return SoftTargets(teacher=Ensemble(members, loss.temperature, config.ensemble.combine,
+                                            config.ensemble.weights) if teachers.is_ensemble else members[0])
+    compute = lambda names: predict_all({n: teachers.paths[n] for n in names}, inputs, config.cluster)  # noqa: E731
+    logits = cached_logits(teachers.checksums, inputs, cache_home() / "soft_targets", compute)
+    if not teachers.is_ensemble:
+        return SoftTargets(logits=logits["teacher"])
+    stacked = torch.stack([logits[name] for name in teachers.models])
+    return SoftTargets(logits=ensemble_logits(stacked, loss.temperature, config.ensemble.combine,
+                                              config.ensemble.weights))
 
 
-def _evaluate(state: Run, data: Dataset, models: dict[str, nn.Module], absent: list[int]) -> dict:
-    logits = {name: predict_logits(model, data.x_test) for name, model in models.items()}
-    teacher_logits = logits.pop("teacher")
-    results = {"teacher": classification_metrics(teacher_logits, data.y_test)}
-    for name, model_logits in logits.items():
-        results[name] = classification_metrics(model_logits, data.y_test, teacher_logits)
-    bias = _bias_corrections(state, data, models["student"], logits["student"], absent)
+def _evaluate(state: Run, data: Dataset, teachers: Teachers, students: dict[str, nn.Module],
+              absent: list[int]) -> dict:
+    """Every teacher or member, the ensemble, and each student measured against the teacher (or ensemble)."""
+    teacher_logits = {name: predict_logits(model, data.x_test) for name, model in teachers.models.items()}
+    results = {name: classification_metrics(logits, data.y_test) for name, logits in teacher_logits.items()}
+    if teachers.is_ensemble:
+        reference = combine_log_probs(torch.stack(list(teacher_logits.values())), 1.0, state.config.ensemble.combine,
+                                      state.config.ensemble.weights)
+        results["ensemble"] = classification_metrics(reference, data.y_test)
+    else:
+        reference = teacher_logits["teacher"]
+    student_logits = {name: predict_logits(model, data.x_test) for name, model in students.items()}
+    for name, logits in student_logits.items():
+        results[name] = classification_metrics(logits, data.y_test, reference)
+    bias = _bias_corrections(state, data, students["student"], student_logits["student"], absent)
     for name, corrected in bias.pop("corrected").items():
-        results[name] = classification_metrics(corrected, data.y_test, teacher_logits)
+        results[name] = classification_metrics(corrected, data.y_test, reference)
     for name, seconds in state.seconds.items():
         results[name]["train_seconds"] = seconds
     return {"models": results, "bias": bias, "history": state.history}
+
+
+def _teacher_record(config: RunConfig, teachers: Teachers) -> dict:
+    record = {"checkpoint": config.teacher.checkpoint,
+              "members": {name: {"model": teachers.specs[name], "checksum": teachers.checksums[name]}
+                          for name in teachers.models}}
+    if teachers.is_ensemble:
+        record["combine"] = {"method": config.ensemble.combine, "weights": config.ensemble.weights}
+    return record
 
 
 def _bias_corrections(state: Run, data: Dataset, student: nn.Module, student_logits: torch.Tensor,

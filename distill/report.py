@@ -21,15 +21,22 @@ def models_table(models: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _teacher_line(teacher: dict) -> str:
+    specs = sorted({f"`{m['model']['name']}` {m['model']['kwargs']}" for m in teacher["members"].values()})
+    if "combine" not in teacher:
+        return f"Teacher {specs[0]}" + (f" from {teacher['checkpoint']}" if teacher["checkpoint"] else "")
+    return (f"Teacher: an ensemble of {len(teacher['members'])} members ({teacher['combine']['method']} mean of "
+            f"their probabilities) of {', '.join(specs)}")
+
+
 def write_report(out_dir: Path, config: RunConfig, metrics: dict) -> Path:
     run = metrics["run"]
     bias = metrics.get("bias", {})
-    teacher = metrics["teacher"]
+    teacher = _teacher_line(metrics["teacher"])
     parts = [
         f"# Distillery run: {config.data.name}",
         "",
-        f"Teacher `{teacher['model']['name']}` {teacher['model']['kwargs']}"
-        f"{' from ' + teacher['checkpoint'] if teacher['checkpoint'] else ''}, student `{config.student.model.name}` "
+        f"{teacher}, student `{config.student.model.name}` "
         f"{config.student.model.kwargs}, T = {config.student.loss.temperature}, w_soft = {config.student.loss.w_soft}, "
         f"w_hard = {config.student.loss.w_hard}. Transfer set: {metrics['transfer']['size']} examples, classes "
         f"absent: {metrics['transfer']['absent_classes'] or 'none'}.",

@@ -10,33 +10,41 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Callable
 
 import torch
-from torch import nn
 
 from distill.storage import atomic_torch_save, sha256_tensor
-from distill.train import predict_logits
 
 log = logging.getLogger(__name__)
 
 
-def cache_key(teacher_checksum: str, transfer_inputs: torch.Tensor) -> str:
-    return hashlib.sha256(f"{teacher_checksum}:{sha256_tensor(transfer_inputs)}".encode()).hexdigest()[:32]
+def _key(teacher_checksum: str, inputs_hash: str) -> str:
+    return hashlib.sha256(f"{teacher_checksum}:{inputs_hash}".encode()).hexdigest()[:32]
 
 
-def cached_teacher_logits(teacher: nn.Module, teacher_checksum: str, transfer_inputs: torch.Tensor,
-                          cache_dir: str | Path) -> torch.Tensor:
-    """The teacher's logits (N, C) on `transfer_inputs`, from the cache when the same teacher saw the same inputs."""
-    path = Path(cache_dir) / f"{cache_key(teacher_checksum, transfer_inputs)}.pt"
-    if path.is_file():
-        try:
-            logits = torch.load(path, weights_only=True)
-            if logits.shape[0] == len(transfer_inputs):
-                log.info("soft targets from cache %s", path)
-                return logits.to(transfer_inputs.device)
-        except (RuntimeError, EOFError):
-            log.warning("soft-target cache entry %s is unreadable; recomputing it", path)
-    logits = predict_logits(teacher, transfer_inputs)
-    atomic_torch_save(path, logits.cpu())
-    log.info("soft targets computed and cached in %s", path)
-    return logits
+def cached_logits(checksums: dict[str, str], inputs: torch.Tensor, cache_dir: str | Path,
+                  compute: Callable[[list[str]], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Logits (N, C) of each named model (by checkpoint checksum) on `inputs`; `compute(names)` is called once,
+    for the models with no cache entry, so they can be computed together (in parallel on Ray)."""
+    inputs_hash = sha256_tensor(inputs)
+    paths = {name: Path(cache_dir) / f"{_key(checksum, inputs_hash)}.pt" for name, checksum in checksums.items()}
+    found = {name: logits for name, path in paths.items() if (logits := _read(path, len(inputs))) is not None}
+    missing = [name for name in checksums if name not in found]
+    if missing:
+        for name, logits in compute(missing).items():
+            atomic_torch_save(paths[name], logits.cpu())
+            found[name] = logits
+        log.info("soft targets of %s computed and cached in %s", ", ".join(missing), cache_dir)
+    return {name: found[name].to(inputs.device) for name in checksums}
+
+
+def _read(path: Path, rows: int) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    try:
+        logits = torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError):
+        log.warning("soft-target cache entry %s is unreadable; recomputing it", path)
+        return None
+    return logits if logits.shape[0] == rows else None

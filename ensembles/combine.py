@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from distill.errors import ConfigError
 
@@ -52,3 +53,18 @@ def ensemble_logits(member_logits: torch.Tensor, temperature: float = 1.0, metho
     distribution at T unchanged, so one training loop serves single teachers and ensembles.
     """
     return temperature * combine_log_probs(member_logits, temperature, method, weights)
+
+
+class Ensemble(nn.Module):
+    """Frozen members whose forward pass gives `ensemble_logits` at `temperature`: a drop-in teacher for code
+    that applies softmax(z / T), such as a student whose augmented batches need fresh teacher outputs."""
+
+    def __init__(self, members: list[nn.Module], temperature: float = 1.0, method: str = "arithmetic",
+                 weights: list[float] | None = None):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.temperature, self.method, self.weights = temperature, method, weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        member_logits = torch.stack([member(x) for member in self.members])
+        return ensemble_logits(member_logits, self.temperature, self.method, self.weights)

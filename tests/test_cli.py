@@ -11,7 +11,8 @@ from distill.cli import main
 
 TINY = ["data.name=synthetic", "data.options={classes: 12, groups: 3, dim: 16, train_per_class: 30, test_per_class: 10}",
         "teacher.model.kwargs={hidden: [32]}", "teacher.train.epochs=3", "student.model.kwargs={hidden: [16]}",
-        "student.train.epochs=3", "transfer.omit_classes=[2]", "bias.fixed={2: 1.5}"]
+        "student.train.epochs=3", "transfer.omit_classes=[2]", "bias.fixed={2: 1.5}",
+        "ensemble.size=1", "cluster.executor=local"]
 
 
 def _sets(assignments):
@@ -62,7 +63,15 @@ def test_run_from_a_saved_teacher_reuses_it(tmp_path):
     (["--set", "student.train.epochs=abc"], "student.train.epochs"),
     (["--set", "transfer.keep_classes=[11]"], "class 11"),
     (["--set", "data.name=mnist", "--data-root", "{tmp}/nothing"], "MNIST not found"),
-    (["--set", "teacher.checkpoint={tmp}/absent.pt"], "checkpoint not found"),
+    (["--set", "teacher.checkpoint={tmp}/absent.pt", "--set", "ensemble.size=1"], "checkpoint not found"),
+    (["--set", "teacher.checkpoint={tmp}/absent.pt"], "cannot be combined with ensemble.size > 1"),
+    (["--set", "ensemble.combine=median"], "ensemble.combine must be arithmetic or geometric"),
+    (["--set", "ensemble.weights=[1, 2]"], "one weight per member (3)"),
+    (["--set", "ensemble.weights=[0, 0, 0]"], "not all zero"),
+    (["--set", "ensemble.size=0"], "ensemble.size must be >= 1"),
+    (["--set", "cluster.executor=slurm"], "cluster.executor must be ray or local"),
+    (["--set", "ensemble.models=[{name: resnet9000}]"], "resnet9000"),
+    (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at --address 127.0.0.1:1"),
     (["{tmp}/absent.yaml"], "config file not found"),
     (["--set", "bias.fixed={12: 1.0}"], "bias.fixed names class 12"),
     (["--set", "student.model.kwargs={width: 3}"], "unknown argument 'width'"),

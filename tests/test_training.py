@@ -6,7 +6,7 @@ from distill.config import LossWeights, TrainConfig
 from distill.data import load_dataset
 from distill.errors import CheckpointError, TrainingError
 from distill.models import create_model, freeze
-from distill.soft_targets import cached_teacher_logits
+from distill.soft_targets import cached_logits
 from distill.train import SoftTargets, predict_logits, train
 
 
@@ -88,22 +88,26 @@ def test_nan_loss_stops_training_with_a_clear_error(digits):
 
 def test_cache_returns_teacher_outputs_and_is_keyed_by_teacher(digits, tmp_path):
     teacher = freeze(create_model("mlp", 10, digits.input_shape, hidden=[16]))
-    inputs = digits.x_train[:100]
-    first = cached_teacher_logits(teacher, "sha-a", inputs, tmp_path)
-    torch.testing.assert_close(first, predict_logits(teacher, inputs))
-    assert len(list(tmp_path.glob("*.pt"))) == 1
+    computed = []
 
+    def cached(checksums, inputs):
+        def compute(names):
+            computed.append(sorted(names))
+            return {name: predict_logits(teacher, inputs) for name in names}
+        return cached_logits(checksums, inputs, tmp_path, compute)
+
+    inputs = digits.x_train[:100]
+    first = cached({"a": "sha-a"}, inputs)["a"]
+    torch.testing.assert_close(first, predict_logits(teacher, inputs))
     with torch.no_grad():
         for p in teacher.parameters():
             p.add_(1.0)
-    stale = cached_teacher_logits(teacher, "sha-a", inputs, tmp_path)
-    torch.testing.assert_close(stale, first)  # same checksum: served from the cache, teacher not rerun
-    fresh = cached_teacher_logits(teacher, "sha-b", inputs, tmp_path)
-    torch.testing.assert_close(fresh, predict_logits(teacher, inputs))  # new checksum: recomputed
-    assert not torch.allclose(fresh, first)
-    other_inputs = cached_teacher_logits(teacher, "sha-b", digits.x_train[:50], tmp_path)
-    assert other_inputs.shape == (50, 10)
-    assert len(list(tmp_path.glob("*.pt"))) == 3
+    both = cached({"a": "sha-a", "b": "sha-b"}, inputs)
+    assert computed == [["a"], ["b"]]  # same checksum and inputs: served from the cache, only b computed
+    torch.testing.assert_close(both["a"], first)
+    torch.testing.assert_close(both["b"], predict_logits(teacher, inputs))
+    assert cached({"b": "sha-b"}, digits.x_train[:50])["b"].shape == (50, 10)  # other inputs: another entry
+    assert computed[-1] == ["b"] and len(list(tmp_path.glob("*.pt"))) == 3
 
 
 def test_checkpoint_round_trip_and_tamper_detection(digits, tmp_path):

@@ -1,0 +1,60 @@
+"""Connecting to Ray: a private local instance on loopback by default, or an existing cluster by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from contextlib import contextmanager
+from typing import Iterator
+
+import ray
+
+from distill.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """Yield with Ray connected; disconnect (and stop a local instance) afterwards.
+
+    address None or "local": start a fresh Ray on this machine with all its CPUs. Its services and dashboard
+    bind to 127.0.0.1 only, and it never joins a cluster recorded in Ray's temp folder (plain `ray.init()`
+    would, even a dead one). "auto" or "HOST:PORT": join that cluster. Already connected (a test fixture, or a
+    program that embeds Distillery): use that connection and leave it open.
+    """
+    if ray.is_initialized():
+        yield
+        return
+    # Without this Ray binds its services to the machine's network address instead of loopback.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        if address in (None, "local"):
+            ray.init(address="local", dashboard_host="127.0.0.1", logging_level=logging.WARNING,
+                     log_to_driver=False)
+        else:
+            _check_reachable(address)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise ConfigError(f"cannot reach a Ray cluster at --address {address}: {_first_line(error)}") from None
+    log.info("Ray: %s CPUs, %s GPUs", ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0))
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on a HOST:PORT nobody listens at: ray.init would keep retrying for minutes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto" and ray:// client addresses: Ray resolves and reports those itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({error.strerror or error})") from None
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -1,0 +1,150 @@
+"""Train K model specs (ensemble members, specialists) in parallel, and compute their outputs in shards.
+
+Why Ray tasks and not Ray Tune: Tune is Ray's answer for many independent models when they are a *search*
+(schedulers, early stopping, sampled configs). Here the list of models is fixed, and what matters is that a model
+whose worker or node dies resumes from its last epoch, and that a rerun of the driver reuses finished models.
+Tasks give the first directly: `max_retries` re-runs a task whose worker or node died, while
+`retry_exceptions=False` keeps a bad config or a NaN loss from being retried forever. Each attempt of `run_job`
+resumes from the state it left in the run folder, and the same files let `--resume` continue after the driver
+died. Tune would add a second copy of that bookkeeping (trial folders, experiment state) to keep consistent with
+the run folder, and its per-trial overhead on small machines.
+
+Checkpoints live in the run folder, so on a multi-node cluster that folder must be on storage every node sees
+(NFS, a mounted bucket); on one machine it always is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import ray
+import torch
+from ray.exceptions import RayError, RayTaskError
+from tqdm import tqdm
+
+from distill.checkpoint import load_checkpoint
+from distill.config import ClusterConfig
+from distill.errors import DistilleryError, TrainingError
+from distill.train import SoftTargets, predict_logits
+from ensembles.jobs import JobData, JobResult, TrainJob, checkpoint_path, run_job
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+
+
+def train_jobs(jobs: list[tuple[TrainJob, JobData]], run_dir: str | Path, cluster: ClusterConfig,
+               progress: bool = False) -> dict[str, JobResult]:
+    """Train every job (or reuse / resume it from the run folder); returns results by job name.
+
+    The "local" executor runs them one after another in this process; "ray" runs them as Ray tasks with
+    `cluster.num_cpus` / `num_gpus` each. Errors that retrying cannot fix stop the run with the job's own message.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cluster.executor == "local":
+        return {job.name: run_job(job, data, run_dir) for job, data in jobs}
+    task = ray.remote(_train_on_worker).options(num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus,
+                                                max_retries=cluster.max_retries, retry_exceptions=False)
+    shared = {}  # one object-store copy per distinct data set, however many jobs train on it
+    pending = {}
+    for job, data in jobs:
+        if id(data) not in shared:
+            shared[id(data)] = ray.put(_moved(data, "cpu"))
+        pending[task.remote(job, shared[id(data)], str(run_dir), cluster.num_cpus, cluster.num_gpus)] = job.name
+    total = {job.name: job.train.epochs for job, _ in jobs}
+    return _collect(pending, run_dir, total, cluster.max_retries, progress)
+
+
+def _train_on_worker(job: TrainJob, data: JobData, run_dir: str, num_cpus: float, num_gpus: float) -> JobResult:
+    torch.set_num_threads(max(1, math.floor(num_cpus)))  # one process per job: no OpenMP oversubscription
+    if num_gpus > 0:
+        data = _moved(data, "cuda")
+    return run_job(job, data, run_dir)
+
+
+def _moved(data: JobData, device: str) -> JobData:
+    """The same job data on `device`; soft targets must be cached logits (a teacher module is not shipped)."""
+    targets = data.targets
+    if targets is not None:
+        targets = SoftTargets(logits=targets.logits.to(device))
+    evaluation = tuple(t.to(device) for t in data.evaluation) if data.evaluation is not None else None
+    return JobData(data.inputs.to(device), data.labels.to(device), targets, evaluation)
+
+
+def _collect(pending: dict, run_dir: Path, total: dict[str, int], max_retries: int,
+             progress: bool) -> dict[str, JobResult]:
+    """Wait for all tasks, showing progress from their logs; on an unfixable error cancel the rest and raise."""
+    results = {}
+    with tqdm(total=sum(total.values()), desc="training", unit="epoch", disable=not progress) as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
+            for ref in done:
+                name = pending.pop(ref)
+                try:
+                    results[name] = _result(ref, name, max_retries)
+                except DistilleryError:
+                    for other in pending:
+                        ray.cancel(other, force=True)
+                    raise
+                log.info("%s: %s", name, _describe(results[name]))
+            bar.update(sum(epochs_done(run_dir, name) for name in total) - bar.n)
+            bar.set_postfix_str(f"{len(results)}/{len(total)} done")
+    return results
+
+
+def _result(ref, name: str, max_retries: int) -> JobResult:
+    try:
+        return ray.get(ref)
+    except RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, DistilleryError):
+            raise cause from None
+        raise TrainingError(f"{name} failed on its Ray worker: {cause!r}") from None
+    except RayError as error:
+        raise TrainingError(f"{name}: its worker or node was lost {max_retries + 1} times "
+                            f"(cluster.max_retries={max_retries}): {type(error).__name__}") from None
+
+
+def _describe(result: JobResult) -> str:
+    if result.reused:
+        return "reused the finished checkpoint"
+    resumed = f", resumed from epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""
+    return f"trained in {result.train_seconds:.1f}s{resumed}"
+
+
+def epochs_done(run_dir: Path, name: str) -> int:
+    """The highest epoch job `name` has finished, read from its log (a reused checkpoint counts in full)."""
+    path = Path(run_dir) / "logs" / f"{name}.jsonl"
+    if not path.is_file():
+        return 0
+    events = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return max((event.get("epoch", 0) for event in events if event["event"] in ("epoch", "reused")), default=0)
+
+
+def predict_all(paths: dict[str, Path], inputs: torch.Tensor, cluster: ClusterConfig) -> dict[str, torch.Tensor]:
+    """Each finished model's logits (N, C) on `inputs`: on Ray, one task per (model, shard of shard_rows rows)."""
+    if cluster.executor == "local":
+        return {name: predict_logits(load_checkpoint(path, inputs.device)[0], inputs) for name, path in paths.items()}
+    task = ray.remote(_predict_on_worker).options(num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus,
+                                                  max_retries=cluster.max_retries)
+    inputs_ref = ray.put(inputs.cpu())
+    bounds = [(start, min(start + cluster.shard_rows, len(inputs))) for start in range(0, len(inputs),
+                                                                                      cluster.shard_rows)]
+    refs = {name: [task.remote(str(path), inputs_ref, start, stop, cluster.num_cpus, cluster.num_gpus)
+                   for start, stop in bounds]
+            for name, path in paths.items()}
+    return {name: torch.cat([_result(ref, name, cluster.max_retries) for ref in shard_refs]).to(inputs.device)
+            for name, shard_refs in refs.items()}
+
+
+def _predict_on_worker(path: str, inputs: torch.Tensor, start: int, stop: int, num_cpus: float,
+                       num_gpus: float) -> torch.Tensor:
+    torch.set_num_threads(max(1, math.floor(num_cpus)))
+    device = "cuda" if num_gpus > 0 else "cpu"
+    model, _ = load_checkpoint(path, device)
+    return predict_logits(model, inputs[start:stop].to(device)).cpu()

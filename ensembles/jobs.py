@@ -1,0 +1,134 @@
+"""One model to train, as plain values, and the function that trains it resumably: the unit the fan-out runs.
+
+`run_job` needs no Ray: the fan-out calls it on Ray workers, tests and the local executor call it directly.
+Its files in the run folder make it restartable at any moment:
+
+    NAME.pt (+ .sha256)    the finished model; its presence (checksum verified) means "done, reuse me"
+    state/NAME.pt          the whole training state after the last finished epoch, rewritten atomically
+    logs/NAME.jsonl        one line per epoch (attempt, pid, node) and one per start or resume
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distill.checkpoint import load_checkpoint, save_checkpoint
+from distill.config import LossWeights, ModelSpec, TrainConfig, to_dict
+from distill.models import create_model
+from distill.storage import atomic_torch_save
+from distill.train import HARD_LABELS, SoftTargets, predict_logits, train
+
+log = logging.getLogger(__name__)
+
+CURVE_POINTS = 50
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Train model `name` of architecture `spec` with `train` settings from `seed`; `config` is the run's resolved
+    config, stored in the checkpoint."""
+
+    name: str
+    spec: ModelSpec
+    train: TrainConfig
+    seed: int
+    num_classes: int
+    input_shape: tuple[int, ...]
+    weights: LossWeights = field(default_factory=lambda: HARD_LABELS)
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class JobData:
+    """What a job trains on: inputs (N, ...), labels (N,), optional soft-target logits (N, C) aligned with them, and
+    an optional labelled evaluation set for the training curve (never used to choose a model)."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    targets: SoftTargets | None = None
+    evaluation: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass
+class JobResult:
+    name: str
+    checksum: str
+    history: list[dict]
+    train_seconds: float
+    resumed_from_epoch: int = 0
+    reused: bool = False
+
+
+def checkpoint_path(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / f"{name}.pt"
+
+
+def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) -> JobResult:
+    """Train `job` to the end, or reuse its finished checkpoint, or resume from its last epoch's state."""
+    run_dir = Path(run_dir)
+    final = checkpoint_path(run_dir, job.name)
+    if final.is_file():
+        _, payload = load_checkpoint(final)  # verifies the checksum: a damaged file is refused, not reused
+        _log_event(run_dir, job.name, {"event": "reused", "epoch": len(payload["history"]),
+                                             "checksum": payload["sha256"]})
+        return JobResult(job.name, payload["sha256"], payload["history"], payload["train_seconds"], reused=True)
+    device = data.inputs.device
+    torch.manual_seed(job.seed)
+    model = create_model(job.spec.name, job.num_classes, job.input_shape, **job.spec.kwargs).to(device)
+    state_path = run_dir / "state" / f"{job.name}.pt"
+    resume_from = torch.load(state_path, map_location=device, weights_only=True) if state_path.is_file() else None
+    done = len(resume_from["history"]) if resume_from else 0
+    _log_event(run_dir, job.name, {"event": "resume" if done else "start", "epoch": done})
+
+    def record_epoch(epoch: int, record: dict) -> None:
+        if data.evaluation is not None and _is_curve_point(epoch, job.train.epochs):
+            x, y = data.evaluation
+            record["test_accuracy"] = (predict_logits(model, x).argmax(1) == y).float().mean().item()
+        _log_event(run_dir, job.name, {"event": "epoch", **record})
+        if on_epoch is not None:
+            on_epoch(job.name, epoch, record)
+
+    history = train(model, data.inputs, data.labels, job.train, job.weights, data.targets, job.seed,
+                    on_epoch=record_epoch, on_state=lambda state: atomic_torch_save(state_path, state),
+                    resume_from=resume_from)
+    seconds = sum(record["seconds"] for record in history)  # over all attempts, without curve evaluations
+    checksum = save_checkpoint(final, model, to_dict(job.spec), num_classes=job.num_classes,
+                               input_shape=job.input_shape, seed=job.seed, config=job.config,
+                               extra={"history": history, "train_seconds": seconds})
+    state_path.unlink(missing_ok=True)
+    return JobResult(job.name, checksum, history, seconds, resumed_from_epoch=done)
+
+
+def load_job_model(run_dir: str | Path, name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, str]:
+    """The finished model of job `name` and its verified checksum."""
+    model, payload = load_checkpoint(checkpoint_path(run_dir, name), device)
+    return model, payload["sha256"]
+
+
+def _is_curve_point(epoch: int, epochs: int) -> bool:
+    return epoch % max(1, epochs // CURVE_POINTS) == 0 or epoch == epochs
+
+
+def _log_event(run_dir: Path, name: str, event: dict) -> None:
+    path = run_dir / "logs" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    event = {"time": time.time(), "pid": os.getpid(), "node": _node_id(), **event}
+    with open(path, "a") as log_file:
+        log_file.write(json.dumps(event) + "\n")
+
+
+def _node_id() -> str | None:
+    """The Ray node this runs on, when it runs on one (tests use it to remove the node mid-job)."""
+    ray = sys.modules.get("ray")  # imported by the fan-out only: the core never needs Ray
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
