@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
+	rm -rf runs/demo  # the demo always runs from scratch; a kept folder would be refused (see --resume)
 	$(BIN)/distillery run --out runs/demo
 
 test: setup
