@@ -57,6 +57,23 @@ def test_run_from_a_saved_teacher_reuses_it(tmp_path):
     assert not (second / "teacher.pt").exists() and "baseline" not in b
 
 
+@pytest.mark.slow
+def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *_sets(TINY)]) == 0
+    first = json.loads((out / "metrics.json").read_text())["models"]
+    assert main(["run", "--out", str(out), *_sets(TINY)]) == 2
+    assert "already holds a run: pass --resume" in capsys.readouterr().err
+    assert main(["run", "--out", str(out), *_sets(TINY), "--set", "student.train.epochs=4", "--resume"]) == 2
+    assert "different config (student.train.epochs: 3 there, 4 now)" in capsys.readouterr().err
+    assert main(["run", "--out", str(out), *_sets(TINY), "--resume"]) == 0
+    for name in ("teacher", "student", "baseline"):
+        events = [json.loads(line)["event"] for line in (out / "logs" / f"{name}.jsonl").read_text().splitlines()]
+        assert events[-1] == "reused" and events.count("start") == 1
+    again = json.loads((out / "metrics.json").read_text())["models"]
+    assert {k: v["accuracy"] for k, v in again.items()} == {k: v["accuracy"] for k, v in first.items()}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "student.loss.temprature=2"], "unknown config key 'student.loss.temprature'"),
     (["--set", "student.loss.temperature=0"], "temperature must be > 0"),
