@@ -28,8 +28,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, spec: dict[str, Any], *,
                "versions": versions(), **(extra or {})}
     atomic_torch_save(path, payload)
     checksum = sha256_file(path)
-    atomic_write_text(path.with_name(path.name + ".sha256"), checksum + "\n")
+    atomic_write_text(checksum_path(path), checksum + "\n")
     return checksum
+
+
+def checksum_path(path: str | Path) -> Path:
+    """The sidecar holding the checkpoint's SHA-256; written last, so it also marks a checkpoint as complete."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -40,7 +46,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, d
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    sidecar = path.with_name(path.name + ".sha256")
+    sidecar = checksum_path(path)
     if not sidecar.is_file():
         raise CheckpointError(f"checkpoint {path} has no checksum file {sidecar.name}")
     checksum = sha256_file(path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from pathlib import Path
 
 import ray
@@ -30,7 +29,7 @@ from distill.checkpoint import load_checkpoint
 from distill.config import ClusterConfig
 from distill.errors import DistilleryError, TrainingError
 from distill.train import SoftTargets, predict_logits
-from ensembles.jobs import JobData, JobResult, TrainJob, checkpoint_path, run_job
+from ensembles.jobs import JobData, JobResult, TrainJob, run_job
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.checkpoint import load_checkpoint, save_checkpoint
+from distill.checkpoint import checksum_path, load_checkpoint, save_checkpoint
 from distill.config import LossWeights, ModelSpec, TrainConfig, to_dict
+from distill.errors import CheckpointError
 from distill.models import create_model
 from distill.storage import atomic_torch_save
 from distill.train import HARD_LABELS, SoftTargets, predict_logits, train
@@ -76,11 +77,8 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
     """Train `job` to the end, or reuse its finished checkpoint, or resume from its last epoch's state."""
     run_dir = Path(run_dir)
     final = checkpoint_path(run_dir, job.name)
-    if final.is_file():
-        _, payload = load_checkpoint(final)  # verifies the checksum: a damaged file is refused, not reused
-        _log_event(run_dir, job.name, {"event": "reused", "epoch": len(payload["history"]),
-                                             "checksum": payload["sha256"]})
-        return JobResult(job.name, payload["sha256"], payload["history"], payload["train_seconds"], reused=True)
+    if checksum_path(final).is_file():  # written last: a job killed while saving has none and trains on
+        return _reuse(job, final, run_dir)
     device = data.inputs.device
     torch.manual_seed(job.seed)
     model = create_model(job.spec.name, job.num_classes, job.input_shape, **job.spec.kwargs).to(device)
@@ -106,6 +104,15 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
                                extra={"history": history, "train_seconds": seconds})
     state_path.unlink(missing_ok=True)
     return JobResult(job.name, checksum, history, seconds, resumed_from_epoch=done)
+
+
+def _reuse(job: TrainJob, final: Path, run_dir: Path) -> JobResult:
+    _, payload = load_checkpoint(final)  # verifies the checksum: a damaged file is refused, not reused
+    if payload["seed"] != job.seed or payload["model"] != to_dict(job.spec):
+        raise CheckpointError(f"{final} was trained for another job (seed {payload['seed']}, {payload['model']}) "
+                              f"than {job.name} of this run; move it away or choose another --out")
+    _log_event(run_dir, job.name, {"event": "reused", "epoch": len(payload["history"]), "checksum": payload["sha256"]})
+    return JobResult(job.name, payload["sha256"], payload["history"], payload["train_seconds"], reused=True)
 
 
 def load_job_model(run_dir: str | Path, name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, str]:

@@ -1,0 +1,78 @@
+"""run_job without Ray: what it leaves in the run folder lets any restart reuse or resume the job."""
+
+import json
+
+import pytest
+import torch
+
+from distill.checkpoint import checksum_path
+from distill.config import ModelSpec, TrainConfig
+from distill.data import load_dataset
+from distill.errors import CheckpointError
+from distill.models import create_model
+from distill.train import train
+from ensembles.jobs import JobData, TrainJob, checkpoint_path, run_job
+
+
+@pytest.fixture(scope="module")
+def data():
+    digits = load_dataset("digits", "unused")
+    return JobData(digits.x_train, digits.y_train, None, (digits.x_test, digits.y_test))
+
+
+def _job(seed=5, epochs=4):
+    return TrainJob("member_0", ModelSpec("mlp", {"hidden": [32], "dropout_hidden": 0.3}),
+                    TrainConfig(epochs=epochs, batch_size=64, lr=0.1), seed=seed, num_classes=10, input_shape=(1, 8, 8))
+
+
+def _events(run_dir):
+    return [json.loads(line)["event"] for line in (run_dir / "logs" / "member_0.jsonl").read_text().splitlines()]
+
+
+def _weights(run_dir):
+    return torch.load(checkpoint_path(run_dir, "member_0"), weights_only=True)["state_dict"]
+
+
+def test_a_job_stopped_after_an_epoch_resumes_there_and_ends_as_if_never_stopped(data, tmp_path):
+    straight = run_job(_job(), data, tmp_path / "straight")
+    # What a worker killed during epoch 3 leaves behind: the training state written after epoch 2.
+    states = []
+    torch.manual_seed(5)
+    model = create_model("mlp", 10, (1, 8, 8), hidden=[32], dropout_hidden=0.3)
+    train(model, data.inputs, data.labels, _job().train, seed=5, on_state=states.append)
+    interrupted = tmp_path / "interrupted"
+    (interrupted / "state").mkdir(parents=True)
+    torch.save(states[1], interrupted / "state" / "member_0.pt")
+    resumed = run_job(_job(), data, interrupted)
+    assert resumed.resumed_from_epoch == 2 and _events(interrupted) == ["resume", "epoch", "epoch"]
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+    for name, tensor in _weights(tmp_path / "straight").items():
+        assert torch.equal(tensor, _weights(interrupted)[name]), name
+    assert not (interrupted / "state" / "member_0.pt").exists()  # finished: its training state is gone
+
+
+def test_a_finished_job_is_reused_after_its_checksum_is_verified(data, tmp_path):
+    first = run_job(_job(), data, tmp_path)
+    again = run_job(_job(), data, tmp_path)
+    assert again.reused and again.checksum == first.checksum and again.history == first.history
+    assert _events(tmp_path)[-1] == "reused"
+    with open(checkpoint_path(tmp_path, "member_0"), "ab") as checkpoint:
+        checkpoint.write(b"tampered")
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        run_job(_job(), data, tmp_path)
+
+
+def test_a_checkpoint_of_another_job_is_refused_not_reused(data, tmp_path):
+    run_job(_job(seed=5), data, tmp_path)
+    with pytest.raises(CheckpointError, match="trained for another job"):
+        run_job(_job(seed=6), data, tmp_path)
+
+
+def test_a_job_killed_while_saving_trains_on_instead_of_failing(data, tmp_path):
+    run_job(_job(), data, tmp_path)
+    first = _weights(tmp_path)
+    checksum_path(checkpoint_path(tmp_path, "member_0")).unlink()  # killed between the file and its checksum
+    again = run_job(_job(), data, tmp_path)
+    assert not again.reused and _events(tmp_path)[-5] == "start"
+    for name, tensor in first.items():
+        assert torch.equal(tensor, _weights(tmp_path)[name]), name
