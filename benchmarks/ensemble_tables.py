@@ -42,12 +42,13 @@ def summarise(metrics: dict) -> dict:
 
 def markdown(results: dict) -> str:
     lines = ["| data set | members (mean accuracy) | ensemble | student (distilled) | same model, hard labels "
-             "| gain kept by the student | wall time |", "|---|---|---|---|---|---|---|"]
+             "| gain kept: student | gain kept: hard labels | wall time |", "|---|---|---|---|---|---|---|---|"]
+    share = lambda kept: f"{100 * kept:.0f} %" if kept is not None else "no gain"  # noqa: E731
     for name, r in results.items():
         m = r["models"]
-        kept = f"{100 * r['student_gain_kept']:.0f} %" if r["student_gain_kept"] is not None else "no gain"
         lines.append(f"| {name} | {100 * r['member_mean_accuracy']:.2f} % | {100 * m['ensemble']['accuracy']:.2f} % "
-                     f"| {100 * m['student']['accuracy']:.2f} % | {100 * m['baseline']['accuracy']:.2f} % | {kept} "
+                     f"| {100 * m['student']['accuracy']:.2f} % | {100 * m['baseline']['accuracy']:.2f} % "
+                     f"| {share(r['student_gain_kept'])} | {share(r['baseline_gain_kept'])} "
                      f"| {r['wall_seconds'] / 60:.1f} min |")
     for name, r in results.items():
         lines += ["", f"{name} (`distillery run configs/{RUNS[name]}.yaml`, git {r['git_sha'][:8]}):", "",
