@@ -29,15 +29,15 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         return
     # Without this Ray binds its services to the machine's network address instead of loopback.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    _check_reachable(address)
     try:
         if address in (None, "local"):
             ray.init(address="local", dashboard_host="127.0.0.1", logging_level=logging.WARNING,
                      log_to_driver=False)
         else:
-            _check_reachable(address)
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise ConfigError(f"cannot reach a Ray cluster at --address {address}: {_first_line(error)}") from None
+        raise _unreachable(address, _first_line(error) + _token_hint(address)) from None
     log.info("Ray: %s CPUs, %s GPUs", ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0))
     try:
         yield
@@ -45,15 +45,28 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         ray.shutdown()
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     """Fail in seconds on a HOST:PORT nobody listens at: ray.init would keep retrying for minutes."""
-    host, _, port = address.rpartition(":")
+    host, _, port = (address or "").rpartition(":")
     if not host or not port.isdigit() or "://" in address:
-        return  # "auto" and ray:// client addresses: Ray resolves and reports those itself
+        return  # "local", "auto" and ray:// client addresses: Ray resolves and reports those itself
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as error:
-        raise ConnectionError(f"nothing answers at {host}:{port} ({error.strerror or error})") from None
+        raise _unreachable(address, f"nothing answers at {host}:{port} ({error.strerror or error})") from None
+
+
+def _unreachable(address: str | None, reason: str) -> ConfigError:
+    return ConfigError(f"cannot reach a Ray cluster at --address {address}: {reason}")
+
+
+def _token_hint(address: str | None) -> str:
+    """A token-authenticated cluster refuses an explicit address unless the driver opts in; Ray's own
+    failure then only says it could not connect."""
+    if address in (None, "local", "auto") or os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return ""
+    return " (if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN " \
+           "or ~/.ray/auth_token)"
 
 
 def _first_line(error: Exception) -> str:
