@@ -98,20 +98,21 @@ class ClusterConfig:
     """Where the models of a run train. "ray" fans them out over Ray workers (a local Ray by default, or the
     cluster named by --address); "local" trains them one after another in this process, without Ray.
 
-    num_cpus / num_gpus are reserved per model on its worker (torch uses that many threads); a model whose worker
-    or node dies is retried up to `max_retries` times from its last epoch. Soft targets of large transfer sets are
-    computed in shards of `shard_rows` rows, in parallel.
+    num_cpus / num_gpus are reserved per model on its worker (torch uses that many threads); num_cpus unset gives
+    each model an equal share of the cluster's CPUs (one model alone gets a whole node, ten share it). A model
+    whose worker or node dies is retried up to `max_retries` times from its last epoch. Soft targets of large
+    transfer sets are computed in shards of `shard_rows` rows, in parallel.
     """
 
     executor: str = "ray"
-    num_cpus: float = 1.0
+    num_cpus: float | None = None
     num_gpus: float = 0.0
     max_retries: int = 3
     shard_rows: int = 20000
 
     def validate(self) -> None:
         _require(self.executor in ("ray", "local"), f"cluster.executor must be ray or local, got {self.executor!r}")
-        _require(self.num_cpus > 0, f"cluster.num_cpus must be > 0, got {self.num_cpus}")
+        _require(self.num_cpus is None or self.num_cpus > 0, f"cluster.num_cpus must be > 0, got {self.num_cpus}")
         _require(self.num_gpus >= 0, f"cluster.num_gpus must be >= 0, got {self.num_gpus}")
         _require(self.max_retries >= 0, f"cluster.max_retries must be >= 0, got {self.max_retries}")
         _require(self.shard_rows >= 1, f"cluster.shard_rows must be >= 1, got {self.shard_rows}")

@@ -31,7 +31,7 @@ from distill.storage import atomic_write_json, atomic_write_text, cache_home
 from distill.train import HARD_LABELS, SoftTargets, predict_logits
 from ensembles.cluster import ray_session
 from ensembles.combine import Ensemble, combine_log_probs, ensemble_logits
-from ensembles.fanout import predict_all, train_jobs
+from ensembles.fanout import predict_all, task_resources, train_jobs
 from ensembles.jobs import JobData, JobResult, TrainJob, checkpoint_path, load_job_model, run_job
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = Fals
     loaded_teacher = _load_teacher(state, data) if config.teacher.checkpoint else None
     ray_needed = config.cluster.executor == "ray"
     with ray_session(address) if ray_needed else nullcontext():
+        if ray_needed:
+            task_resources(config.cluster, tasks=1)  # a request no node can meet fails now, not after hours
         _prepare_run_folder(state.out_dir, config, resume)
         teachers = loaded_teacher or _train_teachers(state, data)
         inputs, labels = data.x_train[transfer.indices], data.y_train[transfer.indices]
@@ -109,28 +111,33 @@ def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = Fals
 
 
 def _prepare_run_folder(out_dir: Path, config: RunConfig, resume: bool) -> None:
-    """Write config.yaml, refusing to mix two runs in one folder: a finished model there would be reused."""
+    """Write config.yaml, refusing to mix two runs in one folder: a finished model there would be reused.
+
+    Only the `cluster` section may change on --resume: where a run continues does not change what it computes.
+    """
     saved = out_dir / "config.yaml"
     if saved.is_file() and not resume:
         raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    if saved.is_file() and saved.read_text() != dump_config(config):
-        raise ConfigError(f"--resume: {out_dir} holds a run of a different config ({_first_difference(saved, config)})"
+    if saved.is_file() and (difference := _first_difference(saved, config)):
+        raise ConfigError(f"--resume: {out_dir} holds a run of a different config ({difference})"
                           "; rerun with its config.yaml or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, dump_config(config))
 
 
-def _first_difference(saved: Path, config: RunConfig) -> str:
+def _first_difference(saved: Path, config: RunConfig) -> str | None:
+    """The first setting outside `cluster` on which the saved config and this one differ, or None."""
     import yaml
 
     def flat(node, prefix=""):
         if not isinstance(node, dict):
             return {prefix: node}
-        return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}{key}.").items()}
+        return {k: v for key, child in node.items() if prefix or key != "cluster"
+                for k, v in flat(child, f"{prefix}{key}.").items()}
 
     old, new = flat(yaml.safe_load(saved.read_text())), flat(to_dict(config))
-    key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
-    return f"{key.rstrip('.')}: {old.get(key)!r} there, {new.get(key)!r} now"
+    key = next((k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)), None)
+    return key and f"{key.rstrip('.')}: {old.get(key)!r} there, {new.get(key)!r} now"
 
 
 def _check_against_data(config: RunConfig, data: Dataset) -> None:

@@ -32,6 +32,9 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     _check_reachable(address)
     try:
         if address in (None, "local"):
+            # Ray >= 2.59 protects a local instance with a token, and warns that it did on every start: the
+            # protection is what we want, the warning is noise in each run's output.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(address="local", dashboard_host="127.0.0.1", logging_level=logging.WARNING,
                      log_to_driver=False)
         else:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from distill.checkpoint import load_checkpoint
 from distill.config import ClusterConfig
-from distill.errors import DistilleryError, TrainingError
+from distill.errors import ConfigError, DistilleryError, TrainingError
 from distill.train import SoftTargets, predict_logits
 from ensembles.jobs import JobData, JobResult, TrainJob, run_job
 
@@ -40,23 +40,47 @@ def train_jobs(jobs: list[tuple[TrainJob, JobData]], run_dir: str | Path, cluste
                progress: bool = False) -> dict[str, JobResult]:
     """Train every job (or reuse / resume it from the run folder); returns results by job name.
 
-    The "local" executor runs them one after another in this process; "ray" runs them as Ray tasks with
-    `cluster.num_cpus` / `num_gpus` each. Errors that retrying cannot fix stop the run with the job's own message.
+    The "local" executor runs them one after another in this process; "ray" runs them as Ray tasks, each with
+    the CPUs and GPUs of `task_resources`. Errors that retrying cannot fix stop the run with the job's own message.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cluster.executor == "local":
         return {job.name: run_job(job, data, run_dir) for job, data in jobs}
-    task = ray.remote(_train_on_worker).options(num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus,
+    num_cpus, num_gpus = task_resources(cluster, len(jobs))
+    task = ray.remote(_train_on_worker).options(num_cpus=num_cpus, num_gpus=num_gpus,
                                                 max_retries=cluster.max_retries, retry_exceptions=False)
     shared = {}  # one object-store copy per distinct data set, however many jobs train on it
     pending = {}
     for job, data in jobs:
         if id(data) not in shared:
             shared[id(data)] = ray.put(_moved(data, "cpu"))
-        pending[task.remote(job, shared[id(data)], str(run_dir), cluster.num_cpus, cluster.num_gpus)] = job.name
+        pending[task.remote(job, shared[id(data)], str(run_dir), num_cpus, num_gpus)] = job.name
     total = {job.name: job.train.epochs for job, _ in jobs}
     return _collect(pending, run_dir, total, cluster.max_retries, progress)
+
+
+def task_resources(cluster: ClusterConfig, tasks: int, nodes: list[dict] | None = None) -> tuple[float, float]:
+    """(CPUs, GPUs) each of `tasks` Ray tasks reserves, checked against `nodes` (each live node's resources;
+    by default the nodes connected now).
+
+    Unset num_cpus is an equal share of all CPUs, at least 1 and at most what one node has. A request larger than
+    every node would leave its tasks waiting forever, so it is refused (nodes an autoscaler would add later do not
+    count: start a cluster's workers before the run).
+    """
+    if nodes is None:
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    node_cpus = max(node.get("CPU", 0.0) for node in nodes)
+    node_gpus = max(node.get("GPU", 0.0) for node in nodes)
+    num_cpus = cluster.num_cpus
+    if num_cpus is None:
+        total = sum(node.get("CPU", 0.0) for node in nodes)
+        num_cpus = min(node_cpus, max(1.0, math.floor(total / max(1, tasks))))
+    for key, wanted, available in (("num_cpus", num_cpus, node_cpus), ("num_gpus", cluster.num_gpus, node_gpus)):
+        if wanted > available:
+            raise ConfigError(f"cluster.{key}={wanted:g} per model, but the largest Ray node has {available:g}: "
+                              f"no model could ever start")
+    return num_cpus, cluster.num_gpus
 
 
 def _train_on_worker(job: TrainJob, data: JobData, run_dir: str, num_cpus: float, num_gpus: float) -> JobResult:
@@ -129,13 +153,13 @@ def predict_all(paths: dict[str, Path], inputs: torch.Tensor, cluster: ClusterCo
     """Each finished model's logits (N, C) on `inputs`: on Ray, one task per (model, shard of shard_rows rows)."""
     if cluster.executor == "local":
         return {name: predict_logits(load_checkpoint(path, inputs.device)[0], inputs) for name, path in paths.items()}
-    task = ray.remote(_predict_on_worker).options(num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus,
-                                                  max_retries=cluster.max_retries)
-    inputs_ref = ray.put(inputs.cpu())
     bounds = [(start, min(start + cluster.shard_rows, len(inputs))) for start in range(0, len(inputs),
                                                                                       cluster.shard_rows)]
-    refs = {name: [task.remote(str(path), inputs_ref, start, stop, cluster.num_cpus, cluster.num_gpus)
-                   for start, stop in bounds]
+    num_cpus, num_gpus = task_resources(cluster, len(paths) * len(bounds))
+    task = ray.remote(_predict_on_worker).options(num_cpus=num_cpus, num_gpus=num_gpus,
+                                                  max_retries=cluster.max_retries)
+    inputs_ref = ray.put(inputs.cpu())
+    refs = {name: [task.remote(str(path), inputs_ref, start, stop, num_cpus, num_gpus) for start, stop in bounds]
             for name, path in paths.items()}
     return {name: torch.cat([_result(ref, name, cluster.max_retries) for ref in shard_refs]).to(inputs.device)
             for name, shard_refs in refs.items()}

@@ -66,7 +66,9 @@ def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsy
     assert "already holds a run: pass --resume" in capsys.readouterr().err
     assert main(["run", "--out", str(out), *_sets(TINY), "--set", "student.train.epochs=4", "--resume"]) == 2
     assert "different config (student.train.epochs: 3 there, 4 now)" in capsys.readouterr().err
-    assert main(["run", "--out", str(out), *_sets(TINY), "--resume"]) == 0
+    # Where a run continues may change: the cluster section is not part of what it computes.
+    assert main(["run", "--out", str(out), *_sets(TINY), "--set", "cluster.max_retries=7", "--resume"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["cluster"]["max_retries"] == 7
     for name in ("teacher", "student", "baseline"):
         events = [json.loads(line)["event"] for line in (out / "logs" / f"{name}.jsonl").read_text().splitlines()]
         assert events[-1] == "reused" and events.count("start") == 1
@@ -89,6 +91,8 @@ def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsy
     (["--set", "cluster.executor=slurm"], "cluster.executor must be ray or local"),
     (["--set", "ensemble.models=[{name: resnet9000}]"], "resnet9000"),
     (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at --address 127.0.0.1:1"),
+    (["--set", "cluster.num_cpus=4096"], "the largest Ray node has"),  # would wait forever for such a node
+    (["--set", "cluster.num_gpus=4096"], "cluster.num_gpus=4096 per model, but the largest Ray node has"),
     (["{tmp}/absent.yaml"], "config file not found"),
     (["--set", "bias.fixed={12: 1.0}"], "bias.fixed names class 12"),
     (["--set", "student.model.kwargs={width: 3}"], "unknown argument 'width'"),
