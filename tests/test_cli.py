@@ -91,8 +91,10 @@ def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsy
     (["--set", "cluster.executor=slurm"], "cluster.executor must be ray or local"),
     (["--set", "ensemble.models=[{name: resnet9000}]"], "resnet9000"),
     (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at --address 127.0.0.1:1"),
-    (["--set", "cluster.num_cpus=4096"], "the largest Ray node has"),  # would wait forever for such a node
-    (["--set", "cluster.num_gpus=4096"], "cluster.num_gpus=4096 per model, but the largest Ray node has"),
+    # Would wait forever for such a node. Starts a local Ray (seconds): slow tier; tests/test_task_resources.py
+    # has the unit tests of the check.
+    pytest.param(["--set", "cluster.num_cpus=4096"], "cluster.num_cpus=4096 per model, but the largest Ray node has",
+                 marks=pytest.mark.slow),
     (["{tmp}/absent.yaml"], "config file not found"),
     (["--set", "bias.fixed={12: 1.0}"], "bias.fixed names class 12"),
     (["--set", "student.model.kwargs={width: 3}"], "unknown argument 'width'"),
