@@ -44,13 +44,16 @@ STUDENT_RUNS = {
 }
 
 
+def cli_command(config: str, out: Path, data_root: str, overrides: list[str]) -> list[str]:
+    """`distillery run CONFIG --out OUT --data-root ROOT --set ...` with this interpreter's installation."""
+    command = [sys.executable, "-m", "distill.cli", "run", config, "--out", str(out), "--data-root", data_root]
+    return command + [arg for override in overrides for arg in ("--set", override)]
+
+
 def launch(name: str, config: str, overrides: list[str], args: argparse.Namespace) -> tuple[subprocess.Popen, float]:
     out = args.out / name
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "distill.cli", "run", config, "--out", str(out), "--data-root", args.data_root,
-               "--set", f"device={args.device}"]
-    for override in overrides:
-        command += ["--set", override]
+    command = cli_command(config, out, args.data_root, [f"device={args.device}", *overrides])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), DISTILLERY_CACHE=str(out / "cache"))
     log = open(out / "log.txt", "w")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), time.monotonic()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
+
+from mnist_sweep import cli_command  # this folder is on sys.path when the script runs
 
 RESULTS = Path(__file__).parent / "results" / "teacher_screen.json"
 # The student is trained for one epoch only because `distillery run` always trains one; it is not screened.
@@ -30,10 +31,7 @@ VARIANTS = {
 
 
 def run(name: str, args: argparse.Namespace) -> None:
-    command = [sys.executable, "-m", "distill.cli", "run", "configs/mnist.yaml", "--out", str(args.out / name),
-               "--data-root", args.data_root]
-    for override in COMMON + VARIANTS[name]:
-        command += ["--set", override]
+    command = cli_command("configs/mnist.yaml", args.out / name, args.data_root, COMMON + VARIANTS[name])
     with open(args.out / f"{name}.log", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
 
