@@ -1,0 +1,87 @@
+"""Special subsets: k-means (scikit-learn) on the columns of a class-affinity matrix (method.md section 4, step 2).
+
+Plain k-means gives disjoint subsets of varying size. The paper's specialists had fixed-size, overlapping subsets
+and it does not say how they came from k-means; Distillery's choice, in three steps:
+
+1. k-means on the C columns gives `count` centres and each class's distance to every centre.
+2. Overlap: each class joins the subsets of its `overlap` nearest centres (overlap = 1 is plain k-means).
+3. Size limits: a subset larger than `max_size` keeps the classes nearest its centre; one smaller than
+   `min_size` takes in the nearest classes it lacks (which then belong to two subsets). min_size = max_size = S
+   gives the paper's fixed-size subsets: each centre's S nearest classes.
+
+A class left in no subset is simply covered by no specialist: the combiner answers for it with the generalist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.metrics import adjusted_rand_score
+
+ALGORITHMS = ("kmeans", "online")
+
+
+@dataclass
+class Subsets:
+    """Sorted class ids of each specialist's subset, and each class's k-means cluster (its nearest centre)."""
+
+    subsets: list[list[int]]
+    clusters: list[int]
+
+    def coverage(self, num_classes: int) -> torch.Tensor:
+        """How many subsets hold each class: (C,) int64."""
+        counts = torch.zeros(num_classes, dtype=torch.long)
+        for subset in self.subsets:
+            counts[subset] += 1
+        return counts
+
+    def membership(self, num_classes: int) -> torch.Tensor:
+        """(M, C) bool: row m marks the classes of subset m."""
+        member = torch.zeros(len(self.subsets), num_classes, dtype=torch.bool)
+        for m, subset in enumerate(self.subsets):
+            member[m, subset] = True
+        return member
+
+
+def find_subsets(affinity: torch.Tensor, count: int, overlap: int = 1, min_size: int = 1,
+                 max_size: int | None = None, algorithm: str = "kmeans", seed: int = 0) -> Subsets:
+    """`count` subsets of the C classes from the columns of `affinity` (C, C), deterministic under `seed`.
+
+    algorithm "kmeans" is Lloyd's k-means with 4 seeded restarts; "online" is mini-batch k-means, the paper's
+    on-line variant, for very large C.
+    """
+    num_classes = affinity.shape[0]
+    if not 1 <= count <= num_classes:
+        raise ValueError(f"count must be in [1, {num_classes}], got {count}")
+    if not 1 <= overlap <= count:
+        raise ValueError(f"overlap must be in [1, count={count}], got {overlap}")
+    columns = affinity.T.float().cpu().numpy()
+    if algorithm == "kmeans":
+        model = KMeans(n_clusters=count, n_init=4, random_state=seed)
+    elif algorithm == "online":
+        model = MiniBatchKMeans(n_clusters=count, n_init=4, random_state=seed, batch_size=4096)
+    else:
+        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+    distances = model.fit_transform(columns)  # (C, count): each class's distance to each centre
+    order = np.argsort(distances, axis=1, kind="stable")
+    nearest_first = np.argsort(distances, axis=0, kind="stable")  # (C, count): classes by distance to centre m
+    subsets = []
+    for m in range(count):
+        members = set(np.flatnonzero((order[:, :overlap] == m).any(axis=1)).tolist())
+        ranked = [int(c) for c in nearest_first[:, m]]
+        if max_size is not None and len(members) > max_size:
+            members = set([c for c in ranked if c in members][:max_size])
+        for c in ranked:
+            if len(members) >= min_size:
+                break
+            members.add(c)
+        subsets.append(sorted(members))
+    return Subsets(subsets, order[:, 0].tolist())
+
+
+def adjusted_rand_index(clusters: list[int], groups: torch.Tensor) -> float:
+    """Agreement of the k-means clusters with a known coarse grouping of the classes (1: identical, ~0: chance)."""
+    return float(adjusted_rand_score(groups.cpu().numpy(), np.asarray(clusters)))
