@@ -175,8 +175,75 @@ class BiasConfig:
 
 
 @dataclass
+class ClusteringConfig:
+    """How the specialists' subsets are found (specialists/subsets.py, method.md section 4, step 2).
+
+    source "covariance": the covariance of the generalist's probabilities at `temperature` on the training
+    inputs (no labels), accumulated exactly or, with `top_k`, from each prediction's k largest probabilities;
+    "confusion": the generalist's symmetrised confusion rates on the training set. `normalize` zeroes the
+    diagonal and scales each column to unit length before k-means ("kmeans", or "online" mini-batch k-means).
+    Each class joins its `overlap` nearest clusters; subsets are then capped at `max_size` classes nearest their
+    centre and filled up to `min_size`.
+    """
+
+    source: str = "covariance"
+    temperature: float = 2.0
+    top_k: int | None = None
+    normalize: bool = True
+    algorithm: str = "kmeans"
+    overlap: int = 1
+    min_size: int = 2
+    max_size: int | None = None
+
+    def validate(self, count: int) -> None:
+        _require(self.source in ("covariance", "confusion"),
+                 f"specialists.clustering.source must be covariance or confusion, got {self.source!r}")
+        _require(self.temperature > 0, f"specialists.clustering.temperature must be > 0, got {self.temperature}")
+        _require(self.top_k is None or self.top_k >= 1, f"specialists.clustering.top_k must be >= 1, got {self.top_k}")
+        _require(self.algorithm in ("kmeans", "online"),
+                 f"specialists.clustering.algorithm must be kmeans or online, got {self.algorithm!r}")
+        _require(1 <= self.overlap <= max(1, count),
+                 f"specialists.clustering.overlap must be in [1, specialists.count={count}], got {self.overlap}")
+        _require(self.min_size >= 1, f"specialists.clustering.min_size must be >= 1, got {self.min_size}")
+        _require(self.max_size is None or self.max_size >= self.min_size,
+                 f"specialists.clustering.max_size ({self.max_size}) must be >= min_size ({self.min_size})")
+
+
+@dataclass
+class SpecialistsConfig:
+    """A generalist (teacher.model, teacher.train) with `count` specialists (method.md section 4); 0: none.
+
+    Specialists are the generalist's architecture with an output per class of their subset plus a dustbin, start
+    from its weights and train with `train` on half special, half other examples; `dustbin_correction` then adds
+    the prior-shift correction to the dustbin logit. At inference a specialist is active when its subset holds
+    one of the generalist's `top_n` classes, and eq. 5 is solved by `solver` ("em" or "gradient"). The combined
+    distributions are the student's soft targets; `targets_top_k` stores only each row's k largest probabilities
+    and the remaining mass (spread evenly over the other classes), for very large label sets.
+    """
+
+    count: int = 0
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=64, lr=0.02,
+                                                                   schedule="constant"))
+    dustbin_correction: bool = True
+    top_n: int = 1
+    solver: str = "em"
+    targets_top_k: int | None = None
+
+    def validate(self) -> None:
+        _require(self.count >= 0, f"specialists.count must be >= 0, got {self.count}")
+        self.clustering.validate(self.count)
+        self.train.validate("specialists.train")
+        _require(self.top_n >= 1, f"specialists.top_n must be >= 1, got {self.top_n}")
+        _require(self.solver in ("em", "gradient"), f"specialists.solver must be em or gradient, got {self.solver!r}")
+        _require(self.targets_top_k is None or self.targets_top_k >= 1,
+                 f"specialists.targets_top_k must be >= 1, got {self.targets_top_k}")
+
+
+@dataclass
 class RunConfig:
-    """A teacher, its soft targets on a transfer set, a distilled student and a hard-label baseline."""
+    """A teacher (one model, an ensemble, or a generalist with specialists), its soft targets on a transfer set,
+    a distilled student and a hard-label baseline."""
 
     seed: int = 0
     device: str = "cpu"
@@ -188,6 +255,7 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     bias: BiasConfig = field(default_factory=BiasConfig)
+    specialists: SpecialistsConfig = field(default_factory=SpecialistsConfig)
 
     def validate(self) -> None:
         _require(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
@@ -198,6 +266,9 @@ class RunConfig:
         self.transfer.validate()
         self.ensemble.validate()
         self.cluster.validate()
+        self.specialists.validate()
+        _require(not (self.specialists.count and self.ensemble.size > 1),
+                 "specialists.count > 0 needs one generalist: set ensemble.size to 1")
         _require(not (self.teacher.checkpoint and self.ensemble.size > 1),
                  "teacher.checkpoint loads one teacher; it cannot be combined with ensemble.size > 1")
 

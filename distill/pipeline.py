@@ -1,6 +1,7 @@
 """`distillery run`: teachers -> transfer set -> soft targets -> student and baseline -> evaluation -> report.
 
-The teacher is one model or an ensemble of members trained in parallel (ensembles.fanout). Every model's seed is
+The teacher is one model, an ensemble of members trained in parallel (ensembles.fanout), or a generalist whose
+specialists are found by clustering and trained in parallel (specialists.stage). Every model's seed is
 derived from the run's seed and its name, and recorded in metrics.json. Every model is trained through
 `ensembles.jobs.run_job`, so a rerun with `resume=True` reuses finished models and resumes unfinished ones.
 """
@@ -28,11 +29,13 @@ from distill.report import write_report
 from distill.seed import derive_seed, set_seed
 from distill.soft_targets import cached_logits
 from distill.storage import atomic_write_json, atomic_write_text, cache_home
-from distill.train import HARD_LABELS, SoftTargets, predict_logits
+from distill.train import HARD_LABELS, SoftTargets, TopKSoftTargets, predict_logits
 from ensembles.cluster import ray_session
 from ensembles.combine import Ensemble, combine_log_probs, ensemble_logits
 from ensembles.fanout import predict_all, task_resources, train_jobs
 from ensembles.jobs import JobData, JobResult, TrainJob, checkpoint_path, load_job_model, run_job
+from specialists.combined import SpecialistEnsemble
+from specialists.stage import cluster_classes, combined_identity, study, train_specialists
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,8 @@ def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = Fals
             task_resources(config.cluster, tasks=1)  # a request no node can meet fails now, not after hours
         _prepare_run_folder(state.out_dir, config, resume)
         teachers = loaded_teacher or _train_teachers(state, data)
+        if config.specialists.count:
+            teachers.specialists = _train_specialists(state, data, teachers)
         inputs, labels = data.x_train[transfer.indices], data.y_train[transfer.indices]
         targets = _soft_targets(state, teachers, inputs)
     student_spec, student_train = config.student.model, config.student.train
@@ -147,6 +152,17 @@ def _check_against_data(config: RunConfig, data: Dataset) -> None:
             raise ConfigError(f"bias.fixed names class {cls}, but {data.name} has classes 0..{data.num_classes - 1}")
     for spec in (config.teacher.model, *config.ensemble.models, config.student.model):
         create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs)
+    specialists, classes = config.specialists, data.num_classes
+    if specialists.count:
+        clustering = specialists.clustering
+        if specialists.count > classes:
+            raise ConfigError(f"specialists.count={specialists.count} is more than the {classes} classes of {data.name}")
+        if clustering.min_size >= classes or (clustering.max_size or 0) > classes:
+            raise ConfigError(f"specialists.clustering subset sizes (min {clustering.min_size}, max "
+                              f"{clustering.max_size}) must be below the {classes} classes of {data.name}")
+        if config.student.train.augment_shift:
+            raise ConfigError("student.train.augment_shift needs a teacher run on each augmented batch, which "
+                              "specialists do not support: set it to 0")
 
 
 @dataclass
@@ -157,17 +173,31 @@ class Teachers:
     paths: dict[str, Path]
     checksums: dict[str, str]
     specs: dict[str, dict]
+    specialists: Specialists | None = None
 
     @property
     def is_ensemble(self) -> bool:
         return len(self.models) > 1
 
 
+@dataclass
+class Specialists:
+    """The generalist combined with its trained specialists, how their subsets were found, and their checksums."""
+
+    ensemble: SpecialistEnsemble
+    clustering: dict
+    checksums: dict[str, str]
+
+
+def _teacher_name(config: RunConfig) -> str:
+    return "generalist" if config.specialists.count else "teacher"
+
+
 def _train_teachers(state: Run, data: Dataset) -> Teachers:
     """One teacher, or the ensemble's members trained in parallel; member i uses ensemble.models[i % len]."""
     config = state.config
     size = config.ensemble.size
-    names = ["teacher"] if size == 1 else [f"member_{i}" for i in range(size)]
+    names = [_teacher_name(config)] if size == 1 else [f"member_{i}" for i in range(size)]
     specs = config.ensemble.models or [config.teacher.model]
     shared = JobData(data.x_train, data.y_train, None, (data.x_test, data.y_test))
     jobs = [(state.job(name, specs[i % len(specs)], data, config.teacher.train), shared)
@@ -188,9 +218,22 @@ def _load_teacher(state: Run, data: Dataset) -> Teachers:
         raise CheckpointError(f"teacher checkpoint {path} is for {payload['num_classes']} classes of shape "
                               f"{tuple(payload['input_shape'])}, but {data.name} has {data.num_classes} classes of "
                               f"shape {data.input_shape}")
-    state.seeds["teacher"] = payload["seed"]
-    return Teachers({"teacher": freeze(teacher)}, {"teacher": path}, {"teacher": payload["sha256"]},
-                    {"teacher": payload["model"]})
+    name = _teacher_name(state.config)
+    state.seeds[name] = payload["seed"]
+    return Teachers({name: freeze(teacher)}, {name: path}, {name: payload["sha256"]}, {name: payload["model"]})
+
+
+def _train_specialists(state: Run, data: Dataset, teachers: Teachers) -> Specialists:
+    """Cluster the classes on the generalist's predictions, then train one specialist per subset in parallel."""
+    config = state.config
+    generalist = teachers.models["generalist"]
+    clustering = cluster_classes(config.specialists, generalist, data, state.model_seed("clustering"), state.out_dir)
+    ensemble, results, checksums = train_specialists(config, clustering["subsets"], generalist,
+                                                     ModelSpec(**teachers.specs["generalist"]), data,
+                                                     state.model_seed, state.out_dir, state.progress)
+    for result in results.values():
+        state.record(result)
+    return Specialists(ensemble, clustering, checksums)
 
 
 def _soft_targets(state: Run, teachers: Teachers, inputs: torch.Tensor) -> SoftTargets | None:
@@ -200,6 +243,8 @@ def _soft_targets(state: Run, teachers: Teachers, inputs: torch.Tensor) -> SoftT
     loss = config.student.loss
     if not loss.w_soft:
         return None
+    if teachers.specialists:
+        return _combined_soft_targets(config, teachers, inputs)
     if config.student.train.augment_shift:
         members = list(teachers.models.values())
         return SoftTargets(teacher=Ensemble(members, loss.temperature, config.ensemble.combine,
@@ -213,15 +258,34 @@ def _soft_targets(state: Run, teachers: Teachers, inputs: torch.Tensor) -> SoftT
                                               config.ensemble.weights))
 
 
+def _combined_soft_targets(config: RunConfig, teachers: Teachers, inputs: torch.Tensor
+                           ) -> SoftTargets | TopKSoftTargets:
+    """The generalist-plus-specialists distributions at the student's T on the transfer set (cached), whole or
+    as their top-k probabilities (specialists.targets_top_k)."""
+    temperature, ensemble = config.student.loss.temperature, teachers.specialists.ensemble
+    key = combined_identity({**teachers.checksums, **teachers.specialists.checksums}, ensemble, temperature)
+    compute = lambda names: {"combined": temperature * ensemble.log_probs(inputs, temperature)}  # noqa: E731
+    logits = cached_logits({"combined": key}, inputs, cache_home() / "soft_targets", compute)["combined"]
+    top_k = config.specialists.targets_top_k
+    return TopKSoftTargets.from_logits(logits, temperature, top_k) if top_k else SoftTargets(logits=logits)
+
+
 def _evaluate(state: Run, data: Dataset, teachers: Teachers, students: dict[str, nn.Module],
               absent: list[int]) -> dict:
     """Every teacher or member, the ensemble, and each student measured against the teacher (or ensemble)."""
     teacher_logits = {name: predict_logits(model, data.x_test) for name, model in teachers.models.items()}
     results = {name: classification_metrics(logits, data.y_test) for name, logits in teacher_logits.items()}
+    section = {}
     if teachers.is_ensemble:
         reference = combine_log_probs(torch.stack(list(teacher_logits.values())), 1.0, state.config.ensemble.combine,
                                       state.config.ensemble.weights)
         results["ensemble"] = classification_metrics(reference, data.y_test)
+    elif teachers.specialists:
+        stage = teachers.specialists
+        reference = stage.ensemble.log_probs(data.x_test, generalist_logits=teacher_logits["generalist"])
+        results["specialists"] = classification_metrics(reference, data.y_test)
+        section["specialists"] = study(stage.ensemble, stage.clustering, teacher_logits["generalist"], reference,
+                                       data, state.out_dir)
     else:
         reference = teacher_logits["teacher"]
     student_logits = {name: predict_logits(model, data.x_test) for name, model in students.items()}
@@ -231,8 +295,12 @@ def _evaluate(state: Run, data: Dataset, teachers: Teachers, students: dict[str,
     for name, corrected in bias.pop("corrected").items():
         results[name] = classification_metrics(corrected, data.y_test, reference)
     for name, seconds in state.seconds.items():
-        results[name]["train_seconds"] = seconds
-    return {"models": results, "bias": bias, "history": state.history}
+        if name in results:
+            results[name]["train_seconds"] = seconds
+    if "specialists" in section:
+        section["specialists"]["train_seconds"] = {name: seconds for name, seconds in state.seconds.items()
+                                                   if name.startswith("specialist_")}
+    return {"models": results, "bias": bias, "history": state.history, **section}
 
 
 def _teacher_record(config: RunConfig, teachers: Teachers) -> dict:
@@ -241,6 +309,8 @@ def _teacher_record(config: RunConfig, teachers: Teachers) -> dict:
                           for name in teachers.models}}
     if teachers.is_ensemble:
         record["combine"] = {"method": config.ensemble.combine, "weights": config.ensemble.weights}
+    if teachers.specialists:
+        record["specialists"] = teachers.specialists.checksums
     return record
 
 

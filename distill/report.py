@@ -21,18 +21,52 @@ def models_table(models: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _teacher_line(teacher: dict) -> str:
+def _teacher_line(metrics: dict) -> str:
+    teacher = metrics["teacher"]
     specs = sorted({f"`{m['model']['name']}` {m['model']['kwargs']}" for m in teacher["members"].values()})
+    if "specialists" in metrics:
+        return f"Teacher: a generalist {specs[0]} with {len(teacher['specialists'])} specialists combined by eq. 5"
     if "combine" not in teacher:
         return f"Teacher {specs[0]}" + (f" from {teacher['checkpoint']}" if teacher["checkpoint"] else "")
     return (f"Teacher: an ensemble of {len(teacher['members'])} members ({teacher['combine']['method']} mean of "
             f"their probabilities) of {', '.join(specs)}")
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f} %"
+
+
+def specialists_section(section: dict) -> list[str]:
+    """The specialists' subsets, clustering quality, overall and conditional gains, and Table 4 with figures."""
+    sizes = section["sizes"]
+    ari = "n/a (the data set has no known groups)" if section["ari"] is None else f"{section['ari']:.3f}"
+    top1, conditional = section["top1"], section["conditional_top1"]
+    lines = [
+        "## Specialists", "",
+        f"{len(sizes)} subsets from the {section['source']} of the generalist's predictions: sizes {min(sizes)} to "
+        f"{max(sizes)} (mean {sum(sizes) / len(sizes):.1f}), {section['uncovered_classes']} classes in no subset; "
+        f"adjusted Rand index against the known groups: {ari}. Active: specialists holding one of the generalist's "
+        f"top {section['top_n']} classes; eq. 5 solved by {section['solver']}.", "",
+        "| top-1 | generalist | generalist + specialists | relative change |", "|---|---|---|---|",
+        f"| overall | {top1['generalist']:.4f} | {top1['combined']:.4f} | {_percent(top1['relative_gain'])} |",
+        f"| conditional (special classes, predictions restricted to the subset) | "
+        f"{conditional['generalist'] or 0:.4f} | {conditional['combined'] or 0:.4f} | "
+        f"{_percent(conditional['relative_gain'])} |", "",
+        "Relative top-1 change by the number of specialists covering the true class (the paper's Table 4):", "",
+        "| specialists covering | test examples | generalist | combined | relative change |", "|---|---|---|---|---|",
+    ]
+    lines += [f"| {row['covering']} | {row['examples']} | {row['generalist_accuracy']:.4f} | "
+              f"{row['combined_accuracy']:.4f} | {_percent(row['relative_change'])} |"
+              for row in section["gain_by_coverage"]]
+    lines += ["", "![affinity matrix reordered by cluster](specialists/affinity.png)",
+              "![relative gain by coverage](specialists/gain_by_coverage.png)", ""]
+    return lines
+
+
 def write_report(out_dir: Path, config: RunConfig, metrics: dict) -> Path:
     run = metrics["run"]
     bias = metrics.get("bias", {})
-    teacher = _teacher_line(metrics["teacher"])
+    teacher = _teacher_line(metrics)
     parts = [
         f"# Distillery run: {config.data.name}",
         "",
@@ -58,6 +92,8 @@ def write_report(out_dir: Path, config: RunConfig, metrics: dict) -> Path:
                   f"{bias['test_tuned']['shift_on_absent_classes']:+.2f} on the absent classes.", ""]
     if "fixed" in bias:
         parts += [f"Fixed bias shift from the config: {bias['fixed']}.", ""]
+    if "specialists" in metrics:
+        parts += specialists_section(metrics["specialists"])
     parts += [f"Wall time {run['seconds']:.1f} s on {run['machine']}; git {run['git_sha'] or 'unknown'}; "
               f"seeds {run['seeds']}.", "", "Resolved config: `config.yaml`; all numbers: `metrics.json`.", ""]
     path = Path(out_dir) / "report.md"

@@ -38,13 +38,40 @@ class SoftTargets:
         logits = self.teacher(inputs) if self.teacher is not None else self.logits[index]
         return softmax_at(logits, temperature)
 
+    def to(self, device: str | torch.device) -> SoftTargets:
+        """Cached logits on `device` (a teacher module is never shipped to another device)."""
+        return SoftTargets(logits=self.logits.to(device))
+
+
+@dataclass
+class TopKSoftTargets:
+    """Soft targets of a very large label set, compressed: each row's k largest probabilities at the student's
+    temperature (N, k), their classes (N, k), and the remaining mass, spread evenly over the other classes."""
+
+    probs: torch.Tensor
+    classes: torch.Tensor
+    num_classes: int
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, temperature: float, k: int) -> TopKSoftTargets:
+        probs, classes = softmax_at(logits, temperature).topk(min(k, logits.shape[1]), dim=1)
+        return cls(probs, classes, logits.shape[1])
+
+    def batch(self, index: torch.Tensor, inputs: torch.Tensor, temperature: float) -> torch.Tensor:
+        probs, classes = self.probs[index], self.classes[index]
+        rest = (1.0 - probs.sum(1, keepdim=True)).clamp_min(0) / max(1, self.num_classes - probs.shape[1])
+        return rest.expand(len(index), self.num_classes).scatter(1, classes, probs)
+
+    def to(self, device: str | torch.device) -> TopKSoftTargets:
+        return TopKSoftTargets(self.probs.to(device), self.classes.to(device), self.num_classes)
+
 
 EpochCallback = Callable[[int, dict], None]
 StateCallback = Callable[[dict], None]
 
 
 def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
-          weights: LossWeights = HARD_LABELS, targets: SoftTargets | None = None, seed: int = 0,
+          weights: LossWeights = HARD_LABELS, targets: SoftTargets | TopKSoftTargets | None = None, seed: int = 0,
           on_epoch: EpochCallback | None = None, on_state: StateCallback | None = None,
           resume_from: dict | None = None) -> list[dict]:
     """Train `model` in place; returns one record per epoch (loss, seconds). Raises TrainingError on NaN.
@@ -98,7 +125,8 @@ def restore_training_state(state: dict, model: nn.Module, optimizer: torch.optim
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, inputs: torch.Tensor,
-                labels: torch.Tensor, config: TrainConfig, weights: LossWeights, targets: SoftTargets | None,
+                labels: torch.Tensor, config: TrainConfig, weights: LossWeights,
+                targets: SoftTargets | TopKSoftTargets | None,
                 generator: torch.Generator) -> float:
     """One pass over the inputs in a random order; returns the mean loss."""
     model.train()

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from distill.checkpoint import load_checkpoint
 from distill.config import ClusterConfig
 from distill.errors import ConfigError, DistilleryError, TrainingError
-from distill.train import SoftTargets, predict_logits
+from distill.train import predict_logits
 from ensembles.jobs import JobData, JobResult, TrainJob, run_job
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,8 @@ def _train_on_worker(job: TrainJob, data: JobData, run_dir: str, num_cpus: float
 
 
 def _moved(data: JobData, device: str) -> JobData:
-    """The same job data on `device`; soft targets must be cached logits (a teacher module is not shipped)."""
-    targets = data.targets
-    if targets is not None:
-        targets = SoftTargets(logits=targets.logits.to(device))
+    """The same job data on `device`; soft targets must be cached (a teacher module is not shipped)."""
+    targets = data.targets.to(device) if data.targets is not None else None
     evaluation = tuple(t.to(device) for t in data.evaluation) if data.evaluation is not None else None
     return JobData(data.inputs.to(device), data.labels.to(device), targets, evaluation)
 

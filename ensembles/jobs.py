@@ -36,7 +36,8 @@ CURVE_POINTS = 50
 @dataclass(frozen=True)
 class TrainJob:
     """Train model `name` of architecture `spec` with `train` settings from `seed`; `config` is the run's resolved
-    config, stored in the checkpoint."""
+    config, stored in the checkpoint. `initial_state` (a state dict) replaces the seeded initial weights, as a
+    specialist starts from its generalist."""
 
     name: str
     spec: ModelSpec
@@ -46,6 +47,7 @@ class TrainJob:
     input_shape: tuple[int, ...]
     weights: LossWeights = field(default_factory=lambda: HARD_LABELS)
     config: dict = field(default_factory=dict)
+    initial_state: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -81,7 +83,10 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
         return _reuse(job, final, run_dir)
     device = data.inputs.device
     torch.manual_seed(job.seed)
-    model = create_model(job.spec.name, job.num_classes, job.input_shape, **job.spec.kwargs).to(device)
+    model = create_model(job.spec.name, job.num_classes, job.input_shape, **job.spec.kwargs)
+    if job.initial_state is not None:
+        model.load_state_dict(job.initial_state)
+    model.to(device)
     state_path = run_dir / "state" / f"{job.name}.pt"
     resume_from = torch.load(state_path, map_location=device, weights_only=True) if state_path.is_file() else None
     done = len(resume_from["history"]) if resume_from else 0

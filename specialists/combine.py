@@ -47,21 +47,21 @@ def active_specialists(generalist_probs: torch.Tensor, membership: torch.Tensor,
 
 
 def specialist_batch(num_classes: int, subsets: list[list[int]], active: torch.Tensor,
-                     outputs: dict[int, torch.Tensor], dtype=torch.float64) -> SpecialistBatch:
+                     outputs: dict[int, torch.Tensor], dtype=torch.float64, device=None) -> SpecialistBatch:
     """Assemble a `SpecialistBatch` from each active specialist's probabilities on its active rows.
 
     outputs[m]: (rows active for m, |S_m| + 1) probabilities, rows in batch order, dustbin last.
     """
     batch_size = len(active)
-    membership = torch.zeros(len(subsets), num_classes, dtype=dtype)
-    special = torch.zeros(batch_size, num_classes, dtype=dtype)
-    dustbin = torch.zeros(batch_size, len(subsets), dtype=dtype)
+    membership = torch.zeros(len(subsets), num_classes, dtype=dtype, device=device)
+    special = torch.zeros(batch_size, num_classes, dtype=dtype, device=device)
+    dustbin = torch.zeros(batch_size, len(subsets), dtype=dtype, device=device)
     for m, subset in enumerate(subsets):
         membership[m, subset] = 1.0
         rows = active[:, m].nonzero().squeeze(1)
         if len(rows):
             probs = outputs[m].to(dtype)
-            special[rows[:, None], torch.tensor(subset)] += probs[:, :-1]
+            special[rows[:, None], torch.tensor(subset, device=device)] += probs[:, :-1]
             dustbin[rows, m] = probs[:, -1]
     return SpecialistBatch(special, dustbin, active, membership)
 

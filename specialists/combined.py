@@ -1,0 +1,55 @@
+"""A generalist and its trained specialists as one model: eq. 5 on every input, specialists run only where active."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from distill.train import predict_logits
+from specialists.combine import active_specialists, solve, specialist_batch
+from specialists.specialist import corrected_logits, output_layer
+
+
+@dataclass
+class SpecialistEnsemble:
+    """The frozen generalist, the frozen specialists, their subsets and dustbin-logit corrections."""
+
+    generalist: nn.Module
+    specialists: list[nn.Module]
+    subsets: list[list[int]]
+    dustbin_shifts: list[float]
+    top_n: int = 1
+    solver: str = "em"
+
+    def __post_init__(self):
+        num_classes = output_layer(self.generalist)[1].out_features
+        self.membership = torch.zeros(len(self.subsets), num_classes, dtype=torch.bool)
+        for m, subset in enumerate(self.subsets):
+            self.membership[m, subset] = True
+
+    def log_probs(self, inputs: torch.Tensor, temperature: float = 1.0, chunk: int = 4096,
+                  generalist_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """log q (N, C): the eq. 5 combination of everyone's distributions at `temperature`, in chunks of rows.
+
+        Each specialist's logits get their dustbin correction, then all logits are divided by T. Activity is
+        decided at T = 1 (the generalist's top-n classes do not depend on T).
+        """
+        if generalist_logits is None:
+            generalist_logits = predict_logits(self.generalist, inputs)
+        return torch.cat([self._chunk_log_probs(inputs[start:start + chunk], generalist_logits[start:start + chunk],
+                                                temperature) for start in range(0, len(inputs), chunk)])
+
+    def _chunk_log_probs(self, inputs: torch.Tensor, generalist_logits: torch.Tensor,
+                         temperature: float) -> torch.Tensor:
+        generalist_probs = torch.softmax(generalist_logits.double() / temperature, dim=1)
+        active = active_specialists(generalist_logits, self.membership.to(inputs.device), self.top_n)
+        outputs = {}
+        for m, (specialist, shift) in enumerate(zip(self.specialists, self.dustbin_shifts)):
+            rows = active[:, m].nonzero().squeeze(1)
+            if len(rows):
+                logits = corrected_logits(predict_logits(specialist, inputs[rows]), shift)
+                outputs[m] = torch.softmax(logits.double() / temperature, dim=1)
+        batch = specialist_batch(generalist_probs.shape[1], self.subsets, active, outputs, device=inputs.device)
+        return solve(generalist_probs, batch, self.solver).clamp_min(1e-300).log().float()
