@@ -78,7 +78,7 @@ class EnsembleConfig:
     probabilities) or "geometric"; `weights` (one per member, >= 0) default to equal.
     """
 
-    size: int = 3
+    size: int = 1
     models: list[ModelSpec] = field(default_factory=list)
     combine: str = "arithmetic"
     weights: list[float] | None = None
@@ -255,7 +255,8 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     bias: BiasConfig = field(default_factory=BiasConfig)
-    specialists: SpecialistsConfig = field(default_factory=SpecialistsConfig)
+    # The embedded default (the demo) shows the whole design: a generalist and three specialists on digits.
+    specialists: SpecialistsConfig = field(default_factory=lambda: SpecialistsConfig(count=3))
 
     def validate(self) -> None:
         _require(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")

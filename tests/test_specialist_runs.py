@@ -1,0 +1,105 @@
+"""`distillery run` with specialists: the files, the metrics sections, resuming, the Ray fan-out, bad settings."""
+
+import json
+
+import pytest
+import torch
+
+from distill.checkpoint import load_checkpoint
+from distill.cli import main
+from distill.config import load_config
+from distill.pipeline import run
+from specialists.specialist import specialist_labels
+
+pytestmark = pytest.mark.slow
+
+SPECIALISTS = ["data.name=synthetic",
+               "data.options={classes: 24, groups: 4, dim: 16, train_per_class: 30, test_per_class: 10, noise: 2.0}",
+               "teacher.model.kwargs={hidden: [32]}", "teacher.train.epochs=4", "student.model.kwargs={hidden: [16]}",
+               "student.train.epochs=3", "ensemble.size=1", "specialists.count=4", "specialists.train.epochs=3"]
+
+
+def _sets(assignments):
+    return [arg for a in assignments for arg in ("--set", a)]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("specialists") / "run"
+    assert main(["run", "--out", str(out), *_sets([*SPECIALISTS, "cluster.executor=local"])]) == 0
+    return out
+
+
+def test_a_specialist_run_writes_its_models_subsets_and_study(finished):
+    metrics = json.loads((finished / "metrics.json").read_text())
+    assert {"generalist", "specialists", "student", "baseline"} <= set(metrics["models"])
+    assert {"agreement", "kl_to_teacher"} <= set(metrics["models"]["student"])
+    section = metrics["specialists"]
+    subsets = json.loads((finished / "specialists" / "subsets.json").read_text())["subsets"]
+    assert section["subsets"] == subsets and len(subsets) == 4
+    assert section["ari"] == pytest.approx(1.0)  # four far-apart groups of six classes
+    assert sum(row["examples"] for row in section["gain_by_coverage"]) == 240
+    assert section["top1"]["combined"] == metrics["models"]["specialists"]["accuracy"]
+    assert set(section["train_seconds"]) == {f"specialist_{m}" for m in range(4)}
+    for figure in ("affinity.png", "gain_by_coverage.png"):
+        assert (finished / "specialists" / figure).stat().st_size > 1000
+    report = (finished / "report.md").read_text()
+    assert "## Specialists" in report and "specialists/gain_by_coverage.png" in report
+
+
+def test_specialists_are_the_generalists_architecture_over_subset_plus_dustbin(finished):
+    subsets = json.loads((finished / "specialists" / "subsets.json").read_text())["subsets"]
+    generalist, _ = load_checkpoint(finished / "generalist.pt")
+    for m, subset in enumerate(subsets):
+        specialist, payload = load_checkpoint(finished / f"specialist_{m}.pt")
+        assert payload["num_classes"] == len(subset) + 1 and payload["model"] == {"name": "mlp",
+                                                                                  "kwargs": {"hidden": [32]}}
+        # trained from the generalist's weights: the hidden layer moved, but only a little
+        drift = (specialist.net[1].weight - generalist.net[1].weight).norm() / generalist.net[1].weight.norm()
+        assert 0 < drift < 0.5
+
+
+def test_resume_reuses_subsets_and_specialists(finished, tmp_path):
+    before = {path.name: path.read_bytes() for path in [finished / "specialists" / "subsets.json",
+                                                        *finished.glob("specialist_*.pt")]}
+    config = load_config(overrides=[*SPECIALISTS, "cluster.executor=local"])
+    metrics = run(config, finished, data_root=tmp_path, resume=True)
+    assert {path.name: path.read_bytes() for path in [finished / "specialists" / "subsets.json",
+                                                      *finished.glob("specialist_*.pt")]} == before
+    logs = (finished / "logs" / "specialist_0.jsonl").read_text()
+    assert '"event": "reused"' in logs
+    assert metrics["models"]["specialists"]["errors"] == json.loads(
+        (finished / "metrics.json").read_text())["models"]["specialists"]["errors"]
+
+
+def test_specialists_train_in_parallel_on_the_ray_cluster(ray_cluster, finished, tmp_path):
+    out = tmp_path / "ray"
+    config = load_config(overrides=[*SPECIALISTS, "cluster.num_cpus=1"])
+    metrics = run(config, out, data_root=tmp_path)
+    nodes = {json.loads(line)["node"] for m in range(4)
+             for line in (out / "logs" / f"specialist_{m}.jsonl").read_text().splitlines()}
+    assert len(nodes - {None}) == 2  # the four specialists ran on both worker nodes
+    local = json.loads((finished / "metrics.json").read_text())
+    for name in ("generalist", "specialists"):  # the same seeds give the same models wherever they train
+        assert metrics["models"][name]["errors"] == local["models"][name]["errors"]
+
+
+def test_specialist_labels_map_subset_positions_and_dustbin():
+    assert specialist_labels(torch.tensor([5, 1, 3, 0]), [1, 3]).tolist() == [2, 0, 1, 2]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("specialists.count=30", "more than the 24 classes"),
+    ("specialists.clustering.min_size=24", "must be below the 24 classes"),
+    ("specialists.clustering.max_size=25", "must be below the 24 classes"),
+    ("student.train.augment_shift=1", "augment_shift"),
+    ("ensemble.size=3", "needs one generalist"),
+    ("specialists.solver=newton", "specialists.solver must be em or gradient"),
+    ("specialists.clustering.overlap=5", "overlap must be in [1, specialists.count=4]"),
+])
+def test_bad_specialist_settings_fail_in_one_line(tmp_path, capsys, override, message):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *_sets([*SPECIALISTS, "cluster.executor=local", override])]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not out.exists()  # refused before the run folder was written
