@@ -82,9 +82,11 @@ def solve_em(generalist_probs: torch.Tensor, batch: SpecialistBatch, tol: float 
 
         q_j <- [p_g_j + sum_{m in A, j in S_m} p_m_j + sum_{m in A, j not in S_m} d_m q_j / Q_m] / (1 + |A|)
 
-    until no entry moves by more than `tol`. Returns p_g exactly where no specialist is active, and the
-    arithmetic mean of p_g and the specialists where no dustbin mass is involved.
+    until no entry moves by more than `tol` (at least 8 ulps of the dtype: float32 iterates keep moving by
+    rounding). Returns p_g exactly where no specialist is active, and the arithmetic mean of p_g and the
+    specialists where no dustbin mass is involved.
     """
+    tol = max(tol, 8 * torch.finfo(generalist_probs.dtype).eps)
     count = 1.0 + batch.active.sum(1, keepdim=True).to(generalist_probs.dtype)
     observed = generalist_probs + batch.special
     q = generalist_probs
