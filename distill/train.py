@@ -93,10 +93,10 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: 
                                 f"(lr={config.lr}) or check the inputs")
         record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started}
         history.append(record)
+        if on_state is not None:  # first, so an epoch announced to on_epoch is one a resume can start after
+            on_state(training_state(model, optimizer, scheduler, generator, history))
         if on_epoch is not None:
             on_epoch(epoch + 1, record)
-        if on_state is not None:
-            on_state(training_state(model, optimizer, scheduler, generator, history))
     return history
 
 

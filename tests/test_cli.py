@@ -12,7 +12,7 @@ from distill.cli import main
 TINY = ["data.name=synthetic", "data.options={classes: 12, groups: 3, dim: 16, train_per_class: 30, test_per_class: 10}",
         "teacher.model.kwargs={hidden: [32]}", "teacher.train.epochs=3", "student.model.kwargs={hidden: [16]}",
         "student.train.epochs=3", "transfer.omit_classes=[2]", "bias.fixed={2: 1.5}",
-        "ensemble.size=1", "cluster.executor=local"]
+        "ensemble.size=1", "specialists.count=0", "cluster.executor=local"]
 
 
 def _sets(assignments):

@@ -148,7 +148,7 @@ def test_a_nan_loss_stops_the_fan_out_instead_of_being_retried(ray_cluster, data
     assert len(starts) == 1  # application errors are not retried
 
 
-ENSEMBLE = ["data.name=synthetic", "data.options=" + json.dumps(OPTIONS), "ensemble.size=3",
+ENSEMBLE = ["data.name=synthetic", "data.options=" + json.dumps(OPTIONS), "ensemble.size=3", "specialists.count=0",
             "teacher.model.kwargs={hidden: [256, 256]}", "teacher.train={epochs: 12, batch_size: 32, lr: 0.05}",
             "student.model.kwargs={hidden: [32]}", "student.train.epochs=3"]
 
