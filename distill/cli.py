@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out: reuse finished models, resume unfinished ones")
     run.add_argument("--verbose", "-v", action="store_true", help="log every epoch")
+    report = commands.add_parser("report", help="rebuild report.md and its figures from a finished run folder")
+    report.add_argument("run_dir", metavar="DIR", help="a run folder holding config.yaml and metrics.json")
     return parser
 
 
@@ -46,13 +48,31 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_report(args: argparse.Namespace) -> int:
+    import json
+
+    from distill.config import load_config
+    from distill.report import write_report
+
+    run_dir = Path(args.run_dir)
+    for name in ("config.yaml", "metrics.json"):
+        if not (run_dir / name).is_file():
+            raise DistilleryError(f"{run_dir} holds no finished run: {name} is missing")
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except json.JSONDecodeError as error:
+        raise DistilleryError(f"{run_dir / 'metrics.json'} is not valid JSON ({error})") from None
+    print(f"report: {write_report(run_dir, load_config(run_dir / 'config.yaml'), metrics)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return command_run(args)
+        return command_run(args) if args.command == "run" else command_report(args)
     except DistilleryError as error:
         print(f"distillery: error: {error}", file=sys.stderr)
         return error.exit_code

@@ -6,29 +6,47 @@ import torch
 import torch.nn.functional as F
 
 
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    """ECE over `bins` equal-width confidence bins: sum_b |B|/N * |accuracy(B) - confidence(B)|. probs (N, C)."""
+def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, list]:
+    """The reliability diagram's data over `bins` equal-width confidence bins: per bin the number of examples,
+    their mean top-1 confidence and their top-1 accuracy (0 where a bin is empty). probs (N, C), labels (N,)."""
     confidence, predicted = probs.max(dim=1)
     correct = (predicted == labels).float()
     bin_index = (confidence * bins).long().clamp_(max=bins - 1)
     count = torch.bincount(bin_index, minlength=bins).float()
-    gap = torch.bincount(bin_index, weights=correct - confidence, minlength=bins).abs()
-    return (gap.sum() / count.sum()).item()
+    per_bin = count.clamp(min=1)
+    return {"count": count.long().tolist(),
+            "confidence": (torch.bincount(bin_index, weights=confidence, minlength=bins) / per_bin).tolist(),
+            "accuracy": (torch.bincount(bin_index, weights=correct, minlength=bins) / per_bin).tolist()}
+
+
+def calibration_error(table: dict[str, list]) -> float:
+    """ECE = sum_b |B|/N * |accuracy(B) - confidence(B)| over the bins of a `reliability` table."""
+    count, accuracy, confidence = (torch.tensor(table[key], dtype=torch.float64)
+                                   for key in ("count", "accuracy", "confidence"))
+    return ((count * (accuracy - confidence).abs()).sum() / count.sum()).item()
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE of probs (N, C) over `bins` equal-width confidence bins."""
+    return calibration_error(reliability(probs, labels, bins))
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
                            teacher_logits: torch.Tensor | None = None) -> dict:
-    """Accuracy, errors, NLL, ECE and per-class errors; with a teacher, top-1 agreement and mean KL(teacher || model)."""
+    """Accuracy, errors, NLL, ECE, its reliability bins and per-class errors; with a teacher, top-1 agreement
+    and mean KL(teacher || model)."""
     logits, labels = logits.float().cpu(), labels.cpu()
     log_probs = F.log_softmax(logits, dim=1)
     predicted = logits.argmax(dim=1)
     wrong = predicted != labels
     num_classes = logits.shape[1]
+    bins = reliability(log_probs.exp(), labels)
     metrics = {
         "accuracy": 1.0 - wrong.float().mean().item(),
         "errors": int(wrong.sum()),
         "nll": F.nll_loss(log_probs, labels).item(),
-        "ece": expected_calibration_error(log_probs.exp(), labels),
+        "ece": calibration_error(bins),
+        "reliability": bins,
         "per_class_errors": torch.bincount(labels[wrong], minlength=num_classes).tolist(),
     }
     if teacher_logits is not None:

@@ -285,7 +285,7 @@ def _evaluate(state: Run, data: Dataset, teachers: Teachers, students: dict[str,
         reference = stage.ensemble.log_probs(data.x_test, generalist_logits=teacher_logits["generalist"])
         results["specialists"] = classification_metrics(reference, data.y_test)
         section["specialists"] = study(stage.ensemble, stage.clustering, teacher_logits["generalist"], reference,
-                                       data, state.out_dir)
+                                       data)
     else:
         reference = teacher_logits["teacher"]
     student_logits = {name: predict_logits(model, data.x_test) for name, model in students.items()}

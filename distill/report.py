@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.config import RunConfig
+from distill.figures import plot_gain_by_coverage, plot_reliability, plot_training_curves
 from distill.storage import atomic_write_text
+
+FIGURES = "figures"
 
 COLUMNS = [("accuracy", "{:.4f}"), ("errors", "{}"), ("nll", "{:.4f}"), ("ece", "{:.4f}"), ("agreement", "{:.4f}"),
            ("kl_to_teacher", "{:.4f}")]
@@ -59,7 +62,28 @@ def specialists_section(section: dict) -> list[str]:
               f"{row['combined_accuracy']:.4f} | {_percent(row['relative_change'])} |"
               for row in section["gain_by_coverage"]]
     lines += ["", "![affinity matrix reordered by cluster](specialists/affinity.png)",
-              "![relative gain by coverage](specialists/gain_by_coverage.png)", ""]
+              f"![relative gain by coverage]({FIGURES}/gain_by_coverage.png)", ""]
+    return lines
+
+
+def _teacher_model(models: dict[str, dict]) -> str:
+    """The model the student learns from: the ensemble, the specialists' combination, or the lone teacher."""
+    return next(name for name in ("ensemble", "specialists", "teacher", "generalist") if name in models)
+
+
+def draw_figures(out_dir: Path, metrics: dict) -> list[str]:
+    """Draw every figure metrics.json holds the data for; returns the report's lines that show them."""
+    folder = Path(out_dir) / FIGURES
+    models = metrics["models"]
+    compared = [name for name in (_teacher_model(models), "student", "baseline")
+                if "reliability" in models.get(name, {})]
+    plot_training_curves(metrics["history"], folder / "training_curves.png")
+    lines = ["## Figures", "", f"![training curves]({FIGURES}/training_curves.png)", ""]
+    if compared:  # runs written before metrics.json kept the reliability bins have none to draw
+        plot_reliability({name: models[name] for name in compared}, folder / "reliability.png")
+        lines += [f"![reliability diagrams of {', '.join(compared)}]({FIGURES}/reliability.png)", ""]
+    if "specialists" in metrics:
+        plot_gain_by_coverage(metrics["specialists"]["gain_by_coverage"], folder / "gain_by_coverage.png")
     return lines
 
 
@@ -91,7 +115,8 @@ def write_report(out_dir: Path, config: RunConfig, metrics: dict) -> Path:
         parts += [f"Shift tuned on the test labels, as the paper did (a reference, not a method): "
                   f"{bias['test_tuned']['shift_on_absent_classes']:+.2f} on the absent classes.", ""]
     if "fixed" in bias:
-        parts += [f"Fixed bias shift from the config: {bias['fixed']}.", ""]
+        parts += [f"Fixed bias shift from the config: {config.bias.fixed}.", ""]  # metrics.json has string keys
+    parts += draw_figures(out_dir, metrics)
     if "specialists" in metrics:
         parts += specialists_section(metrics["specialists"])
     parts += [f"Wall time {run['seconds']:.1f} s on {run['machine']}; git {run['git_sha'] or 'unknown'}; "

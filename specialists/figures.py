@@ -1,4 +1,4 @@
-"""The specialist figures of a run's report: the clustered affinity matrix and the gain by coverage."""
+"""The clustered affinity matrix: drawn when the classes are clustered, since the (C, C) matrix is not kept."""
 
 from __future__ import annotations
 
@@ -7,19 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: runs on machines without a display
-    import matplotlib.pyplot as plt
-
-    return plt
+from distill.figures import pyplot, save_figure
 
 
 def plot_affinity(affinity: torch.Tensor, clusters: list[int], path: Path, title: str) -> Path:
     """The affinity (C, C) with classes reordered by k-means cluster, cluster boundaries marked."""
-    plt = _pyplot()
+    plt = pyplot()
     order = np.argsort(np.asarray(clusters), kind="stable")
     matrix = affinity.float().cpu().numpy()[np.ix_(order, order)]
     limit = np.percentile(np.abs(matrix), 99) or 1.0
@@ -33,30 +26,4 @@ def plot_affinity(affinity: torch.Tensor, clusters: list[int], path: Path, title
     axes.set_xlabel("class (ordered by cluster)")
     axes.set_ylabel("class (ordered by cluster)")
     figure.colorbar(image, ax=axes, fraction=0.046)
-    return _save(figure, plt, path)
-
-
-def plot_gain_by_coverage(rows: list[dict], path: Path) -> Path:
-    """Bars of the relative top-1 change by the number of specialists covering the true class, with counts."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(5.5, 3.2), dpi=110)
-    labels = [row["covering"] for row in rows]
-    values = [100 * (row["relative_change"] or 0.0) for row in rows]
-    bars = axes.bar(labels, values, color=["#4477aa" if v >= 0 else "#cc6677" for v in values])
-    for bar, row in zip(bars, rows):
-        axes.annotate(f"n={row['examples']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                      ha="center", va="bottom" if bar.get_height() >= 0 else "top", fontsize=7)
-    axes.axhline(0, color="black", linewidth=0.6)
-    axes.set_xlabel("specialists covering the true class")
-    axes.set_ylabel("relative top-1 change (%)")
-    return _save(figure, plt, path)
-
-
-def _save(figure, plt, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.tight_layout()
-    figure.savefig(temporary)
-    plt.close(figure)
-    temporary.replace(path)  # atomic: a crash never leaves a half-drawn figure under the final name
-    return path
+    return save_figure(figure, path)

@@ -28,7 +28,7 @@ from ensembles.fanout import train_jobs
 from ensembles.jobs import JobData, JobResult, TrainJob, load_job_model
 from specialists.combined import SpecialistEnsemble
 from specialists.covariance import CovarianceAccumulator, confusion_affinity
-from specialists.figures import plot_affinity, plot_gain_by_coverage
+from specialists.figures import plot_affinity
 from specialists.specialist import dustbin_shift, specialist_data, specialist_labels, specialist_state
 from specialists.study import conditional_accuracy, gain_by_coverage, relative_gain
 from specialists.subsets import Subsets, adjusted_rand_index, find_subsets, normalised_columns
@@ -122,9 +122,9 @@ def combined_identity(checksums: dict[str, str], ensemble: SpecialistEnsemble, t
 
 
 def study(ensemble: SpecialistEnsemble, clustering: dict, generalist_logits: torch.Tensor,
-          combined_log_probs: torch.Tensor, data: Dataset, run_dir: Path) -> dict:
+          combined_log_probs: torch.Tensor, data: Dataset) -> dict:
     """The metrics.json `specialists` section: subsets, ARI, overall and conditional top-1 of the generalist and
-    the combined model, the gain by coverage (the paper's Table 4, also drawn), and each specialist's dustbin."""
+    the combined model, the gain by coverage (the paper's Table 4), and each specialist's dustbin."""
     labels = data.y_test
     coverage = Subsets(ensemble.subsets, clustering["clusters"]).coverage(data.num_classes)
     overall = {name: classification_metrics(logits, labels)["accuracy"]
@@ -132,7 +132,6 @@ def study(ensemble: SpecialistEnsemble, clustering: dict, generalist_logits: tor
     conditional = {name: conditional_accuracy(logits.cpu(), labels.cpu(), ensemble.subsets)
                    for name, logits in (("generalist", generalist_logits), ("combined", combined_log_probs))}
     table = gain_by_coverage(generalist_logits.cpu(), combined_log_probs.cpu(), labels.cpu(), coverage)
-    plot_gain_by_coverage(table, Path(run_dir) / FOLDER / "gain_by_coverage.png")
     return {**clustering, "top_n": ensemble.top_n, "solver": ensemble.solver,
             "dustbin_shifts": ensemble.dustbin_shifts,
             "top1": {**overall, "relative_gain": relative_gain(overall["generalist"], overall["combined"])},

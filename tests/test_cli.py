@@ -40,6 +40,24 @@ def test_tiny_end_to_end_run_writes_the_contract_files(tmp_path, capsys):
     assert "| student |" in report and "Automatic bias shift" in report
     assert "Test errors on the classes absent from the transfer set" in report
     assert {p.name for p in out.glob("*.pt")} == {"teacher.pt", "student.pt", "baseline.pt"}
+    figures = {"training_curves.png", "reliability.png"}
+    assert {p.name for p in (out / "figures").iterdir()} == figures
+    assert all(f"(figures/{name})" in report for name in figures)
+    assert sum(models["student"]["reliability"]["count"]) == 120
+
+
+@pytest.mark.slow
+def test_report_rebuilds_the_report_and_figures_of_a_finished_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *_sets(TINY)]) == 0
+    written = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    for figure in (out / "figures").iterdir():
+        figure.unlink()
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"report: {out / 'report.md'}")
+    assert (out / "report.md").read_text() == written
+    assert {p.name for p in (out / "figures").iterdir()} == {"training_curves.png", "reliability.png"}
 
 
 @pytest.mark.slow
@@ -100,10 +118,66 @@ def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsy
     (["--set", "bias.fixed={12: 1.0}"], "bias.fixed names class 12"),
     (["--set", "student.model.kwargs={width: 3}"], "unknown argument 'width'"),
     (["--set", "data.options={classes: 5}"], "unknown option 'classes'"),
+    (["--set", "data.name=imagenet"], "unknown data set 'imagenet'"),
+    (["--set", "student.loss.temperature=-1"], "temperature must be > 0"),
+    (["--set", "student.loss={w_soft: 0, w_hard: 0}"], "w_soft + w_hard must be > 0 (both are zero)"),
+    (["--set", "student.loss.temperature"], "--set expects KEY=VALUE"),
+    (["--set", "specialists.count=11"], "specialists.count=11 is more than the 10 classes of digits"),
+    (["--set", "specialists.clustering.max_size=20"], "must be below the 10 classes of digits"),
+    (["--set", "specialists.clustering.overlap=5"], "overlap must be in [1, specialists.count=3]"),
+    (["--set", "specialists.clustering.temperature=0"], "specialists.clustering.temperature must be > 0"),
+    (["--set", "specialists.top_n=0"], "specialists.top_n must be >= 1"),
+    (["--set", "specialists.solver=newton"], "specialists.solver must be em or gradient"),
+    (["--set", "transfer.omit_classes=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"], "the transfer set is empty"),
+    (["--set", "data.name=mnist", "--data-root", "{tmp}/a_file"], "is a file, not a folder"),
+    (["--set", "data.name=mnist", "--data-root", "{tmp}/truncated"], "they may be truncated"),
+    (["--set", "teacher.checkpoint={tmp}/tampered.pt"], "does not match its checksum"),
+    (["--set", "teacher.checkpoint={tmp}/no_sidecar.pt"], "has no checksum file"),
+    (["--set", "teacher.checkpoint={tmp}/other.pt"], "is for 12 classes of shape (16,), but digits has 10 classes"),
+    (["{tmp}/broken.yaml"], "is not valid YAML"),
+    (["{tmp}/a_list.yaml"], "must hold a mapping at the top level"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    _make_bad_files(tmp_path)
     _assert_one_line_failure(tmp_path, args, message, exit_code=2)
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def _make_bad_files(tmp_path):
+    """A data root that is a file, MNIST files cut short, broken configs, and checkpoints that must be refused."""
+    from distill.checkpoint import checksum_path, save_checkpoint
+    from distill.models import create_model
+
+    (tmp_path / "a_file").write_text("not a folder")
+    raw = tmp_path / "truncated" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x03" + bytes(60))  # a valid magic number, then nothing
+    (tmp_path / "broken.yaml").write_text("student: {loss: [\n")
+    (tmp_path / "a_list.yaml").write_text("- seed\n- 0\n")
+    spec = {"name": "mlp", "kwargs": {"hidden": [8]}}
+    for name in ("tampered", "no_sidecar", "other"):
+        save_checkpoint(tmp_path / f"{name}.pt", create_model("mlp", 12, (16,), hidden=[8]), spec, num_classes=12,
+                        input_shape=(16,), seed=0, config={})
+    with open(tmp_path / "tampered.pt", "r+b") as tampered:
+        tampered.seek(-1, 2)
+        last = tampered.read(1)
+        tampered.seek(-1, 2)
+        tampered.write(bytes([last[0] ^ 1]))
+    checksum_path(tmp_path / "no_sidecar.pt").unlink()
+
+
+def test_report_of_a_folder_without_a_finished_run_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    assert main(["report", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"distillery: error: {tmp_path} holds no finished run: metrics.json is missing"
+
+
+def test_an_out_folder_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "out").write_text("")
+    assert main(["run", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"distillery: error: --out {tmp_path / 'out'} is a file, not a folder"
 
 
 def test_nan_during_the_run_is_one_line_and_exit_1(tmp_path):

@@ -41,10 +41,11 @@ def test_a_specialist_run_writes_its_models_subsets_and_study(finished):
     assert sum(row["examples"] for row in section["gain_by_coverage"]) == 240
     assert section["top1"]["combined"] == metrics["models"]["specialists"]["accuracy"]
     assert set(section["train_seconds"]) == {f"specialist_{m}" for m in range(4)}
-    for figure in ("affinity.png", "gain_by_coverage.png"):
-        assert (finished / "specialists" / figure).stat().st_size > 1000
+    for figure in ("specialists/affinity.png", "figures/gain_by_coverage.png", "figures/reliability.png"):
+        assert (finished / figure).stat().st_size > 1000
     report = (finished / "report.md").read_text()
-    assert "## Specialists" in report and "specialists/gain_by_coverage.png" in report
+    assert "## Specialists" in report and "(figures/gain_by_coverage.png)" in report
+    assert "reliability diagrams of specialists, student, baseline" in report
 
 
 def test_specialists_are_the_generalists_architecture_over_subset_plus_dustbin(finished):

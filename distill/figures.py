@@ -1,0 +1,91 @@
+"""The report's figures, drawn from metrics.json alone so that `distillery report DIR` can redraw them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: runs on machines without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: Path) -> Path:
+    """Write `figure` as PNG atomically: a crash never leaves a half-drawn figure under the final name."""
+    plt = pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.tight_layout()
+    figure.savefig(temporary)
+    plt.close(figure)
+    temporary.replace(path)
+    return path
+
+
+def plot_training_curves(history: dict[str, list[dict]], path: Path) -> Path:
+    """Training loss per epoch (left, log scale) and test accuracy at the curve points (right), one line per model.
+
+    Specialists are left out when there are many of them: dozens of lines hide the models the report compares."""
+    plt = pyplot()
+    shown = {name: records for name, records in history.items()
+             if records and not (name.startswith("specialist_") and len(history) > 8)}
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
+    for name, records in shown.items():
+        loss_axes.plot([r["epoch"] for r in records], [r["loss"] for r in records], label=name, linewidth=1)
+        points = [r for r in records if "test_accuracy" in r]
+        accuracy_axes.plot([r["epoch"] for r in points], [100 * r["test_accuracy"] for r in points], marker=".",
+                           label=name, linewidth=1)
+    loss_axes.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
+    accuracy_axes.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy (curve only, not for choosing)")
+    accuracy_axes.title.set_fontsize(9)
+    loss_axes.title.set_fontsize(9)
+    accuracy_axes.legend(fontsize=7, loc="lower right")
+    return save_figure(figure, path)
+
+
+def plot_reliability(models: dict[str, dict], path: Path) -> Path:
+    """One reliability diagram per model (its metrics with `reliability` and `ece`): top-1 accuracy per confidence
+    bin against the diagonal of perfect calibration, the gap to it shaded, and below it how many examples fall in
+    each bin (log scale: most fall in the last bin)."""
+    plt = pyplot()
+    figure, axes_grid = plt.subplots(2, len(models), figsize=(3.3 * len(models), 4.4), dpi=110, squeeze=False,
+                                     gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    for column, (name, metrics) in enumerate(models.items()):
+        table, top, bottom = metrics["reliability"], axes_grid[0][column], axes_grid[1][column]
+        bins = len(table["count"])
+        lefts = [b / bins for b in range(bins)]
+        filled = [b for b in range(bins) if table["count"][b]]
+        accuracy = [table["accuracy"][b] for b in filled]
+        confidence = [table["confidence"][b] for b in filled]
+        top.bar([lefts[b] for b in filled], accuracy, width=1 / bins, align="edge", color="#4477aa",
+                edgecolor="white", linewidth=0.5, label="accuracy")
+        top.bar([lefts[b] for b in filled], [c - a for a, c in zip(accuracy, confidence)], bottom=accuracy,
+                width=1 / bins, align="edge", color="#cc6677", alpha=0.45, label="gap to confidence")
+        top.plot([0, 1], [0, 1], color="black", linewidth=0.6, linestyle="--")
+        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"{name} (ECE {metrics['ece']:.4f})")
+        top.title.set_fontsize(9)
+        bottom.bar([lefts[b] for b in filled], [table["count"][b] for b in filled], width=1 / bins, align="edge",
+                   color="#999999")
+        bottom.set(yscale="log", ylim=(0.8, None), xlabel="confidence", ylabel="examples")
+    axes_grid[0][0].legend(fontsize=7, loc="upper left")
+    return save_figure(figure, path)
+
+
+def plot_gain_by_coverage(rows: list[dict], path: Path) -> Path:
+    """Bars of the relative top-1 change by the number of specialists covering the true class, with counts."""
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(5.5, 3.2), dpi=110)
+    labels = [row["covering"] for row in rows]
+    values = [100 * (row["relative_change"] or 0.0) for row in rows]
+    bars = axes.bar(labels, values, color=["#4477aa" if v >= 0 else "#cc6677" for v in values])
+    for bar, row in zip(bars, rows):
+        axes.annotate(f"n={row['examples']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                      ha="center", va="bottom" if bar.get_height() >= 0 else "top", fontsize=7)
+    axes.axhline(0, color="black", linewidth=0.6)
+    axes.set_xlabel("specialists covering the true class")
+    axes.set_ylabel("relative top-1 change (%)")
+    return save_figure(figure, path)
