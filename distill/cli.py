@@ -62,7 +62,7 @@ def command_report(args: argparse.Namespace) -> int:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except json.JSONDecodeError as error:
         raise DistilleryError(f"{run_dir / 'metrics.json'} is not valid JSON ({error})") from None
-    print(f"report: {write_report(run_dir, load_config(run_dir / 'config.yaml'), metrics)}")
+    print(f"report: {write_report(run_dir, load_config(run_dir / 'config.yaml'), metrics)[0]}")
     return 0
 
 

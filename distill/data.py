@@ -18,7 +18,7 @@ import torch
 
 from distill.config import check_arguments
 from distill.errors import ConfigError, DataError
-from distill.storage import atomic_torch_save, cache_home
+from distill.storage import atomic_torch_save, cache_home, fingerprint, sha256_tensor
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,11 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    def fingerprint(self) -> str:
+        """A hash of the examples themselves: a changed data file changes it even under the same config."""
+        return fingerprint([self.name, *(sha256_tensor(t) for t in (self.x_train, self.y_train, self.x_test,
+                                                                      self.y_test))])
 
 
 _LOADERS: dict[str, Callable[..., Dataset]] = {}

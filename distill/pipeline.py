@@ -3,11 +3,14 @@
 The teacher is one model, an ensemble of members trained in parallel (ensembles.fanout), or a generalist whose
 specialists are found by clustering and trained in parallel (specialists.stage). Every model's seed is
 derived from the run's seed and its name, and recorded in metrics.json. Every model is trained through
-`ensembles.jobs.run_job`, so a rerun with `resume=True` reuses finished models and resumes unfinished ones.
+`ensembles.jobs.run_job` and the other stages (clustering, evaluation, report) are sealed by manifests
+(distill.stages), so a rerun with `resume=True` reuses what finished from the same inputs, resumes unfinished
+models from their last epoch, and reruns whatever was computed from inputs that have changed since.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import nullcontext
@@ -20,7 +23,7 @@ from tqdm import tqdm
 
 from distill.checkpoint import load_checkpoint
 from distill.config import LossWeights, ModelSpec, RunConfig, TrainConfig, dump_config, to_dict
-from distill.data import Dataset, load_dataset, make_transfer_set
+from distill.data import Dataset, TransferSet, load_dataset, make_transfer_set
 from distill.errors import CheckpointError, ConfigError
 from distill.evaluate import classification_metrics, prior_matching_shift, shift_logits, shift_tuned_on_labels
 from distill.models import create_model, freeze
@@ -28,14 +31,16 @@ from distill.provenance import git_sha, machine, versions
 from distill.report import write_report
 from distill.seed import derive_seed, set_seed
 from distill.soft_targets import cached_logits
-from distill.storage import atomic_write_json, atomic_write_text, cache_home
+from distill.stages import Stage
+from distill.storage import atomic_write_json, atomic_write_text, cache_home, fingerprint, sha256_file
 from distill.train import HARD_LABELS, SoftTargets, TopKSoftTargets, predict_logits
 from ensembles.cluster import ray_session
 from ensembles.combine import Ensemble, combine_log_probs, ensemble_logits
 from ensembles.fanout import predict_all, task_resources, train_jobs
 from ensembles.jobs import JobData, JobResult, TrainJob, checkpoint_path, load_job_model, run_job
 from specialists.combined import SpecialistEnsemble
-from specialists.stage import cluster_classes, combined_identity, study, train_specialists
+from specialists.stage import (affinity_path, cluster_classes, combined_identity, study, subsets_path,
+                               train_specialists)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,8 @@ class Run:
         self.seed = set_seed(config.seed)
         self.device = _resolve_device(config.device)
         self.seeds: dict[str, int] = {}
+        self.data_key = ""  # the data's fingerprint, once loaded
+        self.checksums: dict[str, str] = {}
         self.history: dict[str, list[dict]] = {}
         self.seconds: dict[str, float] = {}
 
@@ -55,19 +62,24 @@ class Run:
         self.seeds[name] = derive_seed(self.seed, name)
         return self.seeds[name]
 
+    def inputs_key(self, upstream: dict | None = None) -> str:
+        """What a model or stage learns from beyond the config: the data, and `upstream` (models' checksums)."""
+        return fingerprint({"data": self.data_key, **(upstream or {})})
+
     def job(self, name: str, spec: ModelSpec, data: Dataset, train_config: TrainConfig,
-            weights: LossWeights = HARD_LABELS) -> TrainJob:
+            weights: LossWeights = HARD_LABELS, upstream: dict | None = None) -> TrainJob:
         return TrainJob(name, spec, train_config, self.model_seed(name), data.num_classes, data.input_shape, weights,
-                        to_dict(self.config))
+                        to_dict(self.config), inputs=self.inputs_key(upstream))
 
     def record(self, result: JobResult) -> None:
         self.history[result.name], self.seconds[result.name] = result.history, result.train_seconds
+        self.checksums[result.name] = result.checksum
 
     def fit(self, name: str, spec: ModelSpec, data: Dataset, inputs: torch.Tensor, labels: torch.Tensor,
-            train_config: TrainConfig, weights: LossWeights = HARD_LABELS,
-            targets: SoftTargets | None = None) -> nn.Module:
+            train_config: TrainConfig, weights: LossWeights = HARD_LABELS, targets: SoftTargets | None = None,
+            upstream: dict | None = None) -> nn.Module:
         """Train model `name` in this process (or reuse / resume it from the run folder) and return it."""
-        job = self.job(name, spec, data, train_config, weights)
+        job = self.job(name, spec, data, train_config, weights, upstream)
         job_data = JobData(inputs, labels, targets, (data.x_test, data.y_test))
         with tqdm(total=train_config.epochs, desc=name, disable=not self.progress, leave=False) as bar:
             result = run_job(job, job_data, self.out_dir, on_epoch=lambda _, epoch, record: bar.update(epoch - bar.n))
@@ -87,6 +99,7 @@ def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = Fals
     state = Run(config, out_dir, progress)
     data = _to_device(load_dataset(config.data.name, data_root, config.data.options, download), state.device)
     _check_against_data(config, data)
+    state.data_key = data.fingerprint()
     transfer = make_transfer_set(data.y_train, data.num_classes, config.transfer.fraction,
                                  config.transfer.omit_classes, config.transfer.keep_classes,
                                  seed=state.model_seed("transfer"))
@@ -103,15 +116,32 @@ def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = Fals
         targets = _soft_targets(state, teachers, inputs)
     student_spec, student_train = config.student.model, config.student.train
     models = {"student": state.fit("student", student_spec, data, inputs, labels, student_train,
-                                   config.student.loss, targets)}
+                                   config.student.loss, targets, upstream={"teachers": teachers.all_checksums})}
     if config.baseline.enabled:
         models["baseline"] = state.fit("baseline", student_spec, data, inputs, labels, student_train)
-    metrics = _evaluate(state, data, teachers, models, transfer.absent_classes)
+    metrics = _evaluation_stage(state, data, teachers, models, transfer, started)
+    report = Stage(state.out_dir, "report", {"metrics": sha256_file(state.out_dir / "metrics.json"),
+                                             "config": _computed_settings(config)})
+    if not report.reusable():
+        report.seal(write_report(state.out_dir, config, metrics))
+    return metrics
+
+
+def _evaluation_stage(state: Run, data: Dataset, teachers: Teachers, students: dict[str, nn.Module],
+                      transfer: TransferSet, started: float) -> dict:
+    """metrics.json: evaluated anew unless a finished evaluation of the same models and settings is there."""
+    path = state.out_dir / "metrics.json"
+    checksums = {**teachers.all_checksums, **{name: state.checksums[name] for name in students}}
+    stage = Stage(state.out_dir, "evaluation", {"inputs": state.inputs_key({"models": checksums}),
+                                                "config": _computed_settings(state.config)})
+    if stage.reusable():
+        return json.loads(path.read_text())
+    metrics = _evaluate(state, data, teachers, students, transfer.absent_classes)
     metrics["transfer"] = {"size": len(transfer.indices), "absent_classes": transfer.absent_classes}
-    metrics["teacher"] = _teacher_record(config, teachers)
+    metrics["teacher"] = _teacher_record(state.config, teachers)
     metrics["run"] = _run_record(state, time.perf_counter() - started)
-    atomic_write_json(state.out_dir / "metrics.json", metrics)
-    write_report(state.out_dir, config, metrics)
+    atomic_write_json(path, metrics)
+    stage.seal([path])
     return metrics
 
 
@@ -130,6 +160,12 @@ def _prepare_run_folder(out_dir: Path, config: RunConfig, resume: bool) -> None:
     atomic_write_text(saved, dump_config(config))
 
 
+def _computed_settings(config: RunConfig | dict) -> dict:
+    """The config without its `cluster` section: where a run computes does not change what it computes."""
+    return {key: value for key, value in (to_dict(config) if isinstance(config, RunConfig) else config).items()
+            if key != "cluster"}
+
+
 def _first_difference(saved: Path, config: RunConfig) -> str | None:
     """The first setting outside `cluster` on which the saved config and this one differ, or None."""
     import yaml
@@ -137,10 +173,9 @@ def _first_difference(saved: Path, config: RunConfig) -> str | None:
     def flat(node, prefix=""):
         if not isinstance(node, dict):
             return {prefix: node}
-        return {k: v for key, child in node.items() if prefix or key != "cluster"
-                for k, v in flat(child, f"{prefix}{key}.").items()}
+        return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}{key}.").items()}
 
-    old, new = flat(yaml.safe_load(saved.read_text())), flat(to_dict(config))
+    old, new = (flat(_computed_settings(c)) for c in (yaml.safe_load(saved.read_text()), config))
     key = next((k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)), None)
     return key and f"{key.rstrip('.')}: {old.get(key)!r} there, {new.get(key)!r} now"
 
@@ -178,6 +213,11 @@ class Teachers:
     @property
     def is_ensemble(self) -> bool:
         return len(self.models) > 1
+
+    @property
+    def all_checksums(self) -> dict[str, str]:
+        """Every model the student learns from: teachers or members, and the specialists, if any."""
+        return {**self.checksums, **(self.specialists.checksums if self.specialists else {})}
 
 
 @dataclass
@@ -226,11 +266,20 @@ def _load_teacher(state: Run, data: Dataset) -> Teachers:
 def _train_specialists(state: Run, data: Dataset, teachers: Teachers) -> Specialists:
     """Cluster the classes on the generalist's predictions, then train one specialist per subset in parallel."""
     config = state.config
-    generalist = teachers.models["generalist"]
-    clustering = cluster_classes(config.specialists, generalist, data, state.model_seed("clustering"), state.out_dir)
+    generalist, upstream = teachers.models["generalist"], {"generalist": teachers.checksums["generalist"]}
+    seed = state.model_seed("clustering")
+    stage = Stage(state.out_dir, "clustering", {"inputs": state.inputs_key(upstream), "seed": seed,
+                                                "config": to_dict(config.specialists.clustering),
+                                                "count": config.specialists.count})
+    if stage.reusable():
+        clustering = json.loads(subsets_path(state.out_dir).read_text())
+    else:
+        clustering = cluster_classes(config.specialists, generalist, data, seed, state.out_dir)
+        stage.seal([subsets_path(state.out_dir), affinity_path(state.out_dir)])
+    inputs_of = lambda more: state.inputs_key({**upstream, **more})  # noqa: E731
     ensemble, results, checksums = train_specialists(config, clustering["subsets"], generalist,
                                                      ModelSpec(**teachers.specs["generalist"]), data,
-                                                     state.model_seed, state.out_dir, state.progress)
+                                                     state.model_seed, inputs_of, state.out_dir, state.progress)
     for result in results.values():
         state.record(result)
     return Specialists(ensemble, clustering, checksums)

@@ -71,23 +71,26 @@ def _teacher_model(models: dict[str, dict]) -> str:
     return next(name for name in ("ensemble", "specialists", "teacher", "generalist") if name in models)
 
 
-def draw_figures(out_dir: Path, metrics: dict) -> list[str]:
-    """Draw every figure metrics.json holds the data for; returns the report's lines that show them."""
+def draw_figures(out_dir: Path, metrics: dict) -> tuple[list[str], list[Path]]:
+    """Draw every figure metrics.json holds the data for; returns the report's lines that show them, and their
+    files."""
     folder = Path(out_dir) / FIGURES
     models = metrics["models"]
     compared = [name for name in (_teacher_model(models), "student", "baseline")
                 if "reliability" in models.get(name, {})]
-    plot_training_curves(metrics["history"], folder / "training_curves.png")
+    files = [plot_training_curves(metrics["history"], folder / "training_curves.png")]
     lines = ["## Figures", "", f"![training curves]({FIGURES}/training_curves.png)", ""]
     if compared:  # runs written before metrics.json kept the reliability bins have none to draw
-        plot_reliability({name: models[name] for name in compared}, folder / "reliability.png")
+        files.append(plot_reliability({name: models[name] for name in compared}, folder / "reliability.png"))
         lines += [f"![reliability diagrams of {', '.join(compared)}]({FIGURES}/reliability.png)", ""]
     if "specialists" in metrics:
-        plot_gain_by_coverage(metrics["specialists"]["gain_by_coverage"], folder / "gain_by_coverage.png")
-    return lines
+        files.append(plot_gain_by_coverage(metrics["specialists"]["gain_by_coverage"],
+                                           folder / "gain_by_coverage.png"))
+    return lines, files
 
 
-def write_report(out_dir: Path, config: RunConfig, metrics: dict) -> Path:
+def write_report(out_dir: Path, config: RunConfig, metrics: dict) -> list[Path]:
+    """Write report.md and the figures it shows into `out_dir`; returns their paths, report.md first."""
     run = metrics["run"]
     bias = metrics.get("bias", {})
     teacher = _teacher_line(metrics)
@@ -116,11 +119,12 @@ def write_report(out_dir: Path, config: RunConfig, metrics: dict) -> Path:
                   f"{bias['test_tuned']['shift_on_absent_classes']:+.2f} on the absent classes.", ""]
     if "fixed" in bias:
         parts += [f"Fixed bias shift from the config: {config.bias.fixed}.", ""]  # metrics.json has string keys
-    parts += draw_figures(out_dir, metrics)
+    figure_lines, figures = draw_figures(out_dir, metrics)
+    parts += figure_lines
     if "specialists" in metrics:
         parts += specialists_section(metrics["specialists"])
     parts += [f"Wall time {run['seconds']:.1f} s on {run['machine']}; git {run['git_sha'] or 'unknown'}; "
               f"seeds {run['seeds']}.", "", "Resolved config: `config.yaml`; all numbers: `metrics.json`.", ""]
     path = Path(out_dir) / "report.md"
     atomic_write_text(path, "\n".join(parts))
-    return path
+    return [path, *figures]

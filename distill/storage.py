@@ -52,6 +52,11 @@ def sha256_tensor(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
+def fingerprint(value: Any) -> str:
+    """SHA-256 of plain JSON values in a canonical form: equal values, equal fingerprint."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def cache_home() -> Path:
     """The per-user cache folder: $DISTILLERY_CACHE, else $XDG_CACHE_HOME/distillery, else ~/.cache/distillery."""
     if os.environ.get("DISTILLERY_CACHE"):

@@ -3,7 +3,8 @@
 `run_job` needs no Ray: the fan-out calls it on Ray workers, tests and the local executor call it directly.
 Its files in the run folder make it restartable at any moment:
 
-    NAME.pt (+ .sha256)    the finished model; its presence (checksum verified) means "done, reuse me"
+    NAME.pt (+ .sha256)    the finished model; its presence (checksum verified) means "done, reuse me", unless
+                           it was trained from other inputs than the job's (then it is "stale" and retrained)
     state/NAME.pt          the whole training state after the last finished epoch, rewritten atomically
     logs/NAME.jsonl        one line per epoch (attempt, pid, node) and one per start or resume
 """
@@ -37,7 +38,8 @@ CURVE_POINTS = 50
 class TrainJob:
     """Train model `name` of architecture `spec` with `train` settings from `seed`; `config` is the run's resolved
     config, stored in the checkpoint. `initial_state` (a state dict) replaces the seeded initial weights, as a
-    specialist starts from its generalist."""
+    specialist starts from its generalist. `inputs` fingerprints what the job learns from beyond its own settings
+    (the data, the checksums of the models it learns from): a checkpoint or state of other inputs is not reused."""
 
     name: str
     spec: ModelSpec
@@ -48,6 +50,7 @@ class TrainJob:
     weights: LossWeights = field(default_factory=lambda: HARD_LABELS)
     config: dict = field(default_factory=dict)
     initial_state: dict[str, torch.Tensor] | None = None
+    inputs: str = ""
 
 
 @dataclass
@@ -80,7 +83,9 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
     run_dir = Path(run_dir)
     final = checkpoint_path(run_dir, job.name)
     if checksum_path(final).is_file():  # written last: a job killed while saving has none and trains on
-        return _reuse(job, final, run_dir)
+        reused = _reuse(job, final, run_dir)
+        if reused is not None:
+            return reused
     device = data.inputs.device
     torch.manual_seed(job.seed)
     model = create_model(job.spec.name, job.num_classes, job.input_shape, **job.spec.kwargs)
@@ -89,6 +94,9 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
     model.to(device)
     state_path = run_dir / "state" / f"{job.name}.pt"
     resume_from = torch.load(state_path, map_location=device, weights_only=True) if state_path.is_file() else None
+    if resume_from is not None and resume_from.get("inputs") != job.inputs:
+        _log_event(run_dir, job.name, {"event": "stale", "file": str(state_path.relative_to(run_dir))})
+        resume_from = None
     done = len(resume_from["history"]) if resume_from else 0
     _log_event(run_dir, job.name, {"event": "resume" if done else "start", "epoch": done})
 
@@ -101,21 +109,28 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
             on_epoch(job.name, epoch, record)
 
     history = train(model, data.inputs, data.labels, job.train, job.weights, data.targets, job.seed,
-                    on_epoch=record_epoch, on_state=lambda state: atomic_torch_save(state_path, state),
+                    on_epoch=record_epoch, on_state=lambda state: atomic_torch_save(state_path,
+                                                                                    {**state, "inputs": job.inputs}),
                     resume_from=resume_from)
     seconds = sum(record["seconds"] for record in history)  # over all attempts, without curve evaluations
     checksum = save_checkpoint(final, model, to_dict(job.spec), num_classes=job.num_classes,
                                input_shape=job.input_shape, seed=job.seed, config=job.config,
-                               extra={"history": history, "train_seconds": seconds})
+                               extra={"history": history, "train_seconds": seconds, "inputs": job.inputs})
     state_path.unlink(missing_ok=True)
     return JobResult(job.name, checksum, history, seconds, resumed_from_epoch=done)
 
 
-def _reuse(job: TrainJob, final: Path, run_dir: Path) -> JobResult:
+def _reuse(job: TrainJob, final: Path, run_dir: Path) -> JobResult | None:
+    """The finished checkpoint's result, or None (after removing it) when it was trained from other inputs."""
     _, payload = load_checkpoint(final)  # verifies the checksum: a damaged file is refused, not reused
     if payload["seed"] != job.seed or payload["model"] != to_dict(job.spec):
         raise CheckpointError(f"{final} was trained for another job (seed {payload['seed']}, {payload['model']}) "
                               f"than {job.name} of this run; move it away or choose another --out")
+    if payload.get("inputs") != job.inputs:
+        _log_event(run_dir, job.name, {"event": "stale", "file": final.name})
+        checksum_path(final).unlink()  # first: without its checksum the checkpoint no longer counts as finished
+        final.unlink()
+        return None
     _log_event(run_dir, job.name, {"event": "reused", "epoch": len(payload["history"]), "checksum": payload["sha256"]})
     return JobResult(job.name, payload["sha256"], payload["history"], payload["train_seconds"], reused=True)
 

@@ -1,14 +1,13 @@
 """The specialist stages of a run (method.md section 4): cluster the classes, train the specialists in parallel
 through the ensembles fan-out, combine them with the generalist, and measure what they changed.
 
-Each function takes and returns plain values; the run folder gets `specialists/subsets.json` (reused by
---resume), the figures, and one checkpoint per specialist (`specialist_M.pt`, trained by `ensembles.jobs`).
+Each function takes and returns plain values; the run folder gets `specialists/subsets.json` and the affinity
+figure (reused by --resume while their manifest matches), and one checkpoint per specialist (`specialist_M.pt`,
+trained by `ensembles.jobs`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from distill.data import Dataset
 from distill.errors import ConfigError
 from distill.evaluate import classification_metrics
 from distill.models import freeze
-from distill.storage import atomic_write_json
+from distill.storage import atomic_write_json, fingerprint
 from distill.train import HARD_LABELS, predict_logits
 from ensembles.fanout import train_jobs
 from ensembles.jobs import JobData, JobResult, TrainJob, load_job_model
@@ -41,11 +40,8 @@ INIT_ROWS = 10_000  # training inputs the dustbin row is fitted on: enough for a
 
 def cluster_classes(config: SpecialistsConfig, generalist: nn.Module, data: Dataset, seed: int,
                     run_dir: Path) -> dict:
-    """The special subsets (method.md section 4, step 2), written to specialists/subsets.json with how they were
-    found; an existing file (a resumed run of the same config) is reused."""
-    path = Path(run_dir) / FOLDER / "subsets.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    """The special subsets (method.md section 4, step 2), written with how they were found to `subsets_path`,
+    and the affinity figure to `affinity_path` (the pipeline decides, from its manifest, whether to reuse them)."""
     started = time.perf_counter()
     clustering = config.clustering
     affinity, dropped = _affinity(config, generalist, data)
@@ -57,11 +53,19 @@ def cluster_classes(config: SpecialistsConfig, generalist: nn.Module, data: Data
               "sizes": [len(subset) for subset in subsets.subsets],
               "uncovered_classes": int((subsets.coverage(data.num_classes) == 0).sum()),
               "ari": adjusted_rand_index(subsets.clusters, data.groups) if data.groups is not None else None}
-    plot_affinity(matrix, subsets.clusters, Path(run_dir) / FOLDER / "affinity.png",
+    plot_affinity(matrix, subsets.clusters, affinity_path(run_dir),
                   f"{clustering.source} of the generalist's predictions"
                   f"{' (diagonal zeroed, unit columns)' if clustering.normalize else ''}, {config.count} clusters")
-    atomic_write_json(path, record)
+    atomic_write_json(subsets_path(run_dir), record)
     return record
+
+
+def subsets_path(run_dir: Path) -> Path:
+    return Path(run_dir) / FOLDER / "subsets.json"
+
+
+def affinity_path(run_dir: Path) -> Path:
+    return Path(run_dir) / FOLDER / "affinity.png"
 
 
 def _affinity(config: SpecialistsConfig, generalist: nn.Module, data: Dataset) -> tuple[torch.Tensor, float | None]:
@@ -77,9 +81,11 @@ def _affinity(config: SpecialistsConfig, generalist: nn.Module, data: Dataset) -
 
 
 def specialist_jobs(config: RunConfig, subsets: list[list[int]], generalist: nn.Module, spec: ModelSpec,
-                    data: Dataset, seed_of: Callable[[str], int]) -> tuple[list[tuple[TrainJob, JobData]], list[float]]:
+                    data: Dataset, seed_of: Callable[[str], int], inputs_of: Callable[[dict], str]
+                    ) -> tuple[list[tuple[TrainJob, JobData]], list[float]]:
     """One training job per subset (initialised from the generalist, half special data), and the dustbin shift
-    each specialist gets once trained (0 without `dustbin_correction`)."""
+    each specialist gets once trained (0 without `dustbin_correction`). `inputs_of(upstream)` fingerprints
+    what a job learns from (the data and the generalist, which the caller knows, and here the subset)."""
     sample = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed_of("specialist_init")))
     init_inputs = data.x_train[sample[:INIT_ROWS].to(data.x_train.device)]
     jobs, shifts = [], []
@@ -92,7 +98,8 @@ def specialist_jobs(config: RunConfig, subsets: list[list[int]], generalist: nn.
         seed = seed_of(name)
         chosen = specialist_data(data.y_train, subset, seed)
         job = TrainJob(name, spec, config.specialists.train, seed, len(subset) + 1, data.input_shape, HARD_LABELS,
-                       to_dict(config), specialist_state(generalist, subset, init_inputs))
+                       to_dict(config), specialist_state(generalist, subset, init_inputs),
+                       inputs_of({"subset": subset}))
         device = data.x_train.device
         jobs.append((job, JobData(data.x_train[chosen.indices.to(device)], chosen.labels.to(device), None,
                                   (data.x_test, specialist_labels(data.y_test, subset).to(device)))))
@@ -101,11 +108,11 @@ def specialist_jobs(config: RunConfig, subsets: list[list[int]], generalist: nn.
 
 
 def train_specialists(config: RunConfig, subsets: list[list[int]], generalist: nn.Module, spec: ModelSpec,
-                      data: Dataset, seed_of: Callable[[str], int], run_dir: Path,
+                      data: Dataset, seed_of: Callable[[str], int], inputs_of: Callable[[dict], str], run_dir: Path,
                       progress: bool = False) -> tuple[SpecialistEnsemble, dict[str, JobResult], dict[str, str]]:
     """Train every specialist in parallel (or reuse / resume it) and return the combined model, the job results
     and each specialist's checkpoint checksum."""
-    jobs, shifts = specialist_jobs(config, subsets, generalist, spec, data, seed_of)
+    jobs, shifts = specialist_jobs(config, subsets, generalist, spec, data, seed_of, inputs_of)
     results = train_jobs(jobs, run_dir, config.cluster, progress)
     device = data.x_train.device
     loaded = [load_job_model(run_dir, job.name, device) for job, _ in jobs]
@@ -118,7 +125,7 @@ def combined_identity(checksums: dict[str, str], ensemble: SpecialistEnsemble, t
     """A checksum-like key of the combined model at `temperature`, for the soft-target cache."""
     parts = {"checksums": checksums, "subsets": ensemble.subsets, "shifts": ensemble.dustbin_shifts,
              "top_n": ensemble.top_n, "solver": ensemble.solver, "temperature": temperature}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return fingerprint(parts)
 
 
 def study(ensemble: SpecialistEnsemble, clustering: dict, generalist_logits: torch.Tensor,

@@ -20,9 +20,10 @@ def data():
     return JobData(digits.x_train, digits.y_train, None, (digits.x_test, digits.y_test))
 
 
-def _job(seed=5, epochs=4):
+def _job(seed=5, epochs=4, inputs="data-v1"):
     return TrainJob("member_0", ModelSpec("mlp", {"hidden": [32], "dropout_hidden": 0.3}),
-                    TrainConfig(epochs=epochs, batch_size=64, lr=0.1), seed=seed, num_classes=10, input_shape=(1, 8, 8))
+                    TrainConfig(epochs=epochs, batch_size=64, lr=0.1), seed=seed, num_classes=10, input_shape=(1, 8, 8),
+                    inputs=inputs)
 
 
 def _events(run_dir):
@@ -42,7 +43,7 @@ def test_a_job_stopped_after_an_epoch_resumes_there_and_ends_as_if_never_stopped
     train(model, data.inputs, data.labels, _job().train, seed=5, on_state=states.append)
     interrupted = tmp_path / "interrupted"
     (interrupted / "state").mkdir(parents=True)
-    torch.save(states[1], interrupted / "state" / "member_0.pt")
+    torch.save({**states[1], "inputs": _job().inputs}, interrupted / "state" / "member_0.pt")
     resumed = run_job(_job(), data, interrupted)
     assert resumed.resumed_from_epoch == 2 and _events(interrupted) == ["resume", "epoch", "epoch"]
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
@@ -76,3 +77,22 @@ def test_a_job_killed_while_saving_trains_on_instead_of_failing(data, tmp_path):
     assert not again.reused and _events(tmp_path)[-5] == "start"
     for name, tensor in first.items():
         assert torch.equal(tensor, _weights(tmp_path)[name]), name
+
+
+def test_a_finished_job_of_other_inputs_is_retrained_not_reused(data, tmp_path):
+    run_job(_job(inputs="data-v1"), data, tmp_path)
+    again = run_job(_job(inputs="data-v2"), data, tmp_path)  # e.g. its teacher was retrained since
+    assert not again.reused and _events(tmp_path)[-6:-4] == ["stale", "start"]
+    assert torch.load(checkpoint_path(tmp_path, "member_0"), weights_only=True)["inputs"] == "data-v2"
+    assert run_job(_job(inputs="data-v2"), data, tmp_path).reused
+
+
+def test_a_training_state_of_other_inputs_is_not_resumed(data, tmp_path):
+    states = []
+    torch.manual_seed(5)
+    model = create_model("mlp", 10, (1, 8, 8), hidden=[32], dropout_hidden=0.3)
+    train(model, data.inputs, data.labels, _job().train, seed=5, on_state=states.append)
+    (tmp_path / "state").mkdir()
+    torch.save({**states[1], "inputs": "data-v0"}, tmp_path / "state" / "member_0.pt")
+    result = run_job(_job(inputs="data-v1"), data, tmp_path)
+    assert result.resumed_from_epoch == 0 and _events(tmp_path)[:2] == ["stale", "start"]
