@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -57,6 +58,12 @@ class Run:
         self.checksums: dict[str, str] = {}
         self.history: dict[str, list[dict]] = {}
         self.seconds: dict[str, float] = {}
+
+    def stage(self, name: str) -> None:
+        """Say which stage starts: on the terminal when showing progress, in the log either way."""
+        log.info("stage: %s", name)
+        if self.progress:
+            tqdm.write(f"distillery: {name}", file=sys.stderr)
 
     def model_seed(self, name: str) -> int:
         self.seeds[name] = derive_seed(self.seed, name)
@@ -109,16 +116,21 @@ def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = Fals
         if ray_needed:
             task_resources(config.cluster, tasks=1)  # a request no node can meet fails now, not after hours
         _prepare_run_folder(state.out_dir, config, resume)
+        state.stage("teacher" if loaded_teacher else "teachers")
         teachers = loaded_teacher or _train_teachers(state, data)
         if config.specialists.count:
             teachers.specialists = _train_specialists(state, data, teachers)
         inputs, labels = data.x_train[transfer.indices], data.y_train[transfer.indices]
+        state.stage("soft targets")
         targets = _soft_targets(state, teachers, inputs)
     student_spec, student_train = config.student.model, config.student.train
+    state.stage("student")
     models = {"student": state.fit("student", student_spec, data, inputs, labels, student_train,
                                    config.student.loss, targets, upstream={"teachers": teachers.all_checksums})}
     if config.baseline.enabled:
+        state.stage("baseline")
         models["baseline"] = state.fit("baseline", student_spec, data, inputs, labels, student_train)
+    state.stage("evaluation and report")
     metrics = _evaluation_stage(state, data, teachers, models, transfer, started)
     report = Stage(state.out_dir, "report", {"metrics": sha256_file(state.out_dir / "metrics.json"),
                                              "config": _computed_settings(config)})
@@ -242,7 +254,8 @@ def _train_teachers(state: Run, data: Dataset) -> Teachers:
     shared = JobData(data.x_train, data.y_train, None, (data.x_test, data.y_test))
     jobs = [(state.job(name, specs[i % len(specs)], data, config.teacher.train), shared)
             for i, name in enumerate(names)]
-    for result in train_jobs(jobs, state.out_dir, config.cluster, state.progress).values():
+    for result in train_jobs(jobs, state.out_dir, config.cluster, state.progress, label=names[0] if size == 1
+                             else "members").values():
         state.record(result)
     loaded = {name: load_job_model(state.out_dir, name, state.device) for name in names}
     return Teachers({name: freeze(model) for name, (model, _) in loaded.items()},
@@ -267,6 +280,7 @@ def _train_specialists(state: Run, data: Dataset, teachers: Teachers) -> Special
     """Cluster the classes on the generalist's predictions, then train one specialist per subset in parallel."""
     config = state.config
     generalist, upstream = teachers.models["generalist"], {"generalist": teachers.checksums["generalist"]}
+    state.stage("clustering")
     seed = state.model_seed("clustering")
     stage = Stage(state.out_dir, "clustering", {"inputs": state.inputs_key(upstream), "seed": seed,
                                                 "config": to_dict(config.specialists.clustering),
@@ -277,6 +291,7 @@ def _train_specialists(state: Run, data: Dataset, teachers: Teachers) -> Special
         clustering = cluster_classes(config.specialists, generalist, data, seed, state.out_dir)
         stage.seal([subsets_path(state.out_dir), affinity_path(state.out_dir)])
     inputs_of = lambda more: state.inputs_key({**upstream, **more})  # noqa: E731
+    state.stage("specialists")
     ensemble, results, checksums = train_specialists(config, clustering["subsets"], generalist,
                                                      ModelSpec(**teachers.specs["generalist"]), data,
                                                      state.model_seed, inputs_of, state.out_dir, state.progress)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -37,7 +38,7 @@ POLL_SECONDS = 1.0
 
 
 def train_jobs(jobs: list[tuple[TrainJob, JobData]], run_dir: str | Path, cluster: ClusterConfig,
-               progress: bool = False) -> dict[str, JobResult]:
+               progress: bool = False, label: str = "training") -> dict[str, JobResult]:
     """Train every job (or reuse / resume it from the run folder); returns results by job name.
 
     The "local" executor runs them one after another in this process; "ray" runs them as Ray tasks, each with
@@ -46,7 +47,7 @@ def train_jobs(jobs: list[tuple[TrainJob, JobData]], run_dir: str | Path, cluste
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cluster.executor == "local":
-        return {job.name: run_job(job, data, run_dir) for job, data in jobs}
+        return _train_here(jobs, run_dir, progress, label)
     num_cpus, num_gpus = task_resources(cluster, len(jobs))
     task = ray.remote(_train_on_worker).options(num_cpus=num_cpus, num_gpus=num_gpus,
                                                 max_retries=cluster.max_retries, retry_exceptions=False)
@@ -57,7 +58,7 @@ def train_jobs(jobs: list[tuple[TrainJob, JobData]], run_dir: str | Path, cluste
             shared[id(data)] = ray.put(_moved(data, "cpu"))
         pending[task.remote(job, shared[id(data)], str(run_dir), num_cpus, num_gpus)] = job.name
     total = {job.name: job.train.epochs for job, _ in jobs}
-    return _collect(pending, run_dir, total, cluster.max_retries, progress)
+    return _collect(pending, run_dir, total, cluster.max_retries, progress, label)
 
 
 def task_resources(cluster: ClusterConfig, tasks: int, nodes: list[dict] | None = None) -> tuple[float, float]:
@@ -97,11 +98,11 @@ def _moved(data: JobData, device: str) -> JobData:
     return JobData(data.inputs.to(device), data.labels.to(device), targets, evaluation)
 
 
-def _collect(pending: dict, run_dir: Path, total: dict[str, int], max_retries: int,
-             progress: bool) -> dict[str, JobResult]:
+def _collect(pending: dict, run_dir: Path, total: dict[str, int], max_retries: int, progress: bool,
+             label: str) -> dict[str, JobResult]:
     """Wait for all tasks, showing progress from their logs; on an unfixable error cancel the rest and raise."""
     results = {}
-    with tqdm(total=sum(total.values()), desc="training", unit="epoch", disable=not progress) as bar:
+    with tqdm(total=sum(total.values()), desc=label, unit="epoch", disable=not progress) as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
             for ref in done:
@@ -113,9 +114,27 @@ def _collect(pending: dict, run_dir: Path, total: dict[str, int], max_retries: i
                         ray.cancel(other, force=True)
                     raise
                 log.info("%s: %s", name, _describe(results[name]))
-            bar.update(sum(epochs_done(run_dir, name) for name in total) - bar.n)
-            bar.set_postfix_str(f"{len(results)}/{len(total)} done")
+            _show(bar, run_dir, list(total), results)
     return results
+
+
+def _train_here(jobs: list[tuple[TrainJob, JobData]], run_dir: Path, progress: bool,
+                label: str) -> dict[str, JobResult]:
+    """The local executor: one job after another in this process, with the same progress bar."""
+    results, names = {}, [job.name for job, _ in jobs]
+    with tqdm(total=sum(job.train.epochs for job, _ in jobs), desc=label, unit="epoch", disable=not progress) as bar:
+        for job, data in jobs:
+            results[job.name] = run_job(job, data, run_dir, on_epoch=lambda *_: _show(bar, run_dir, names, results))
+        _show(bar, run_dir, names, results)
+    return results
+
+
+def _show(bar: tqdm, run_dir: Path, names: list[str], finished: dict[str, JobResult]) -> None:
+    if bar.disable:  # reading every job's log costs time only worth spending for a terminal
+        return
+    statuses = {name: job_status(run_dir, name) for name in names}
+    bar.update(sum(status.epochs for status in statuses.values()) - bar.n)
+    bar.set_postfix_str(progress_line(statuses, finished), refresh=False)
 
 
 def _result(ref, name: str, max_retries: int) -> JobResult:
@@ -138,13 +157,35 @@ def _describe(result: JobResult) -> str:
     return f"trained in {result.train_seconds:.1f}s{resumed}"
 
 
-def epochs_done(run_dir: Path, name: str) -> int:
-    """The highest epoch job `name` has finished, read from its log (a reused checkpoint counts in full)."""
+@dataclass
+class JobStatus:
+    """What a job's log says: the highest epoch finished (a reused checkpoint counts in full) and how many
+    attempts started it (more than one: its worker or node died, or the driver did and --resume went on)."""
+
+    epochs: int = 0
+    attempts: int = 0
+
+
+def job_status(run_dir: Path, name: str) -> JobStatus:
     path = Path(run_dir) / "logs" / f"{name}.jsonl"
     if not path.is_file():
-        return 0
-    events = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return max((event.get("epoch", 0) for event in events if event["event"] in ("epoch", "reused")), default=0)
+        return JobStatus()
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return JobStatus(max((e.get("epoch", 0) for e in events if e["event"] in ("epoch", "reused")), default=0),
+                     sum(e["event"] in ("start", "resume") for e in events))
+
+
+def progress_line(statuses: dict[str, JobStatus], finished: dict[str, JobResult]) -> str:
+    """The progress bar's summary: how many finished, which run now (with their epoch), which were retried."""
+    running = [f"{name}@{status.epochs}" for name, status in statuses.items()
+               if status.attempts and name not in finished]
+    retried = [name for name, status in statuses.items() if status.attempts > 1]
+    parts = [f"{len(finished)}/{len(statuses)} done"]
+    if running:
+        parts.append("running " + " ".join(running[:4]) + (f" +{len(running) - 4}" if len(running) > 4 else ""))
+    if retried:
+        parts.append("retried " + " ".join(retried))
+    return ", ".join(parts)
 
 
 def predict_all(paths: dict[str, Path], inputs: torch.Tensor, cluster: ClusterConfig) -> dict[str, torch.Tensor]:

@@ -113,7 +113,7 @@ def train_specialists(config: RunConfig, subsets: list[list[int]], generalist: n
     """Train every specialist in parallel (or reuse / resume it) and return the combined model, the job results
     and each specialist's checkpoint checksum."""
     jobs, shifts = specialist_jobs(config, subsets, generalist, spec, data, seed_of, inputs_of)
-    results = train_jobs(jobs, run_dir, config.cluster, progress)
+    results = train_jobs(jobs, run_dir, config.cluster, progress, label="specialists")
     device = data.x_train.device
     loaded = [load_job_model(run_dir, job.name, device) for job, _ in jobs]
     ensemble = SpecialistEnsemble(generalist, [freeze(model) for model, _ in loaded], subsets, shifts,

@@ -1,0 +1,121 @@
+"""Distillery against torchdistill on the same MNIST distillation, measured side by side in one run.
+
+    .venv/bin/python benchmarks/torchdistill_side_by_side.py --data-root ../shared/datasets
+        [--teacher-epochs 20] [--epochs 60] [--work runs/torchdistill_bench] [--out benchmarks/results]
+
+1. A 1200-1200 teacher (configs/mnist.yaml's recipe, `--teacher-epochs` long) is trained once by Distillery, or
+   taken from `--teacher`; both sides distil from this very checkpoint.
+2. Distillery: `distillery run configs/mnist.yaml` with that teacher, no baseline, a fresh soft-target cache (the
+   teacher's logits are computed inside the timed run).
+3. torchdistill (from the registry, installed by this script into benchmarks/.venv-torchdistill, so the project
+   never depends on it): benchmarks/torchdistill/run_kd.py with benchmarks/torchdistill/mnist_kd.yaml, the same
+   student module, epochs, batch size, optimizer, schedule, T and loss weights.
+Each side is one process timed end to end (start, data, training, test evaluation); both report their training
+loop's seconds too. Results: benchmarks/results/torchdistill.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = REPO / "benchmarks" / ".venv-torchdistill"
+TORCHDISTILL = "torchdistill==1.1.5"
+TORCH = ["torch==2.14.1", "torchvision==0.29.1"]  # the project's own torch build, from this machine's wheels
+CONFIG = REPO / "benchmarks" / "torchdistill" / "mnist_kd.yaml"
+
+
+def ensure_torchdistill_env() -> Path:
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *TORCH, TORCHDISTILL], check=True)
+    return python
+
+
+def timed(command: list[str], env: dict | None = None) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO, env={**os.environ, **(env or {})})
+    return time.perf_counter() - started
+
+
+def distillery(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "distillery"), "run", str(REPO / "configs" / "mnist.yaml"), *args]
+
+
+def train_teacher(work: Path, data_root: str, epochs: int) -> Path:
+    out = work / "teacher"
+    if not (out / "teacher.pt.sha256").exists():
+        timed(distillery("--out", str(out), "--data-root", data_root, "--resume", "--set",
+                         f"teacher.train.epochs={epochs}", "--set", "student.train.epochs=1", "--set",
+                         "baseline.enabled=false"))
+    return out / "teacher.pt"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--teacher", help="a Distillery 1200-1200 MNIST teacher checkpoint (default: train one)")
+    parser.add_argument("--teacher-epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--work", default="runs/torchdistill_bench")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    python = ensure_torchdistill_env()
+    teacher = Path(args.teacher) if args.teacher else train_teacher(work, args.data_root, args.teacher_epochs)
+
+    theirs_json = work / "torchdistill.json"
+    theirs_wall = timed([str(python), str(REPO / "benchmarks" / "torchdistill" / "run_kd.py"), "--config",
+                         str(CONFIG), "--teacher", str(teacher), "--data-root", args.data_root, "--epochs",
+                         str(args.epochs), "--out", str(theirs_json)])
+    ours_dir = work / f"ours_{time.strftime('%Y%m%d-%H%M%S')}"
+    with tempfile.TemporaryDirectory() as cache:
+        ours_wall = timed(distillery("--out", str(ours_dir), "--data-root", args.data_root, "--set",
+                                     f"teacher.checkpoint={teacher}", "--set", "baseline.enabled=false", "--set",
+                                     f"student.train.epochs={args.epochs}"), env={"DISTILLERY_CACHE": cache})
+    ours = json.loads((ours_dir / "metrics.json").read_text())
+    theirs = json.loads(theirs_json.read_text())
+    record = {
+        "command": "python benchmarks/torchdistill_side_by_side.py " + " ".join(sys.argv[1:]),
+        "setting": f"MNIST, 1200-1200 teacher ({args.teacher or f'{args.teacher_epochs} epochs'}) -> 800-800 "
+                   f"student, {args.epochs} epochs, batch 128, SGD Nesterov 0.9, one-cycle lr 0.05, T = 20, "
+                   "soft term only (weight T^2)",
+        "teacher_errors": ours["models"]["teacher"]["errors"],
+        "distillery": {"wall_seconds": ours_wall, "train_seconds": ours["models"]["student"]["train_seconds"],
+                       "test_errors": ours["models"]["student"]["errors"]},
+        "torchdistill": {"wall_seconds": theirs_wall, "train_seconds": theirs["train_seconds"],
+                         "test_errors": theirs["errors"], "version": theirs["torchdistill"]},
+        "speedup_wall": theirs_wall / ours_wall,
+        "speedup_train_loop": theirs["train_seconds"] / ours["models"]["student"]["train_seconds"],
+        "git_sha": ours["run"]["git_sha"], "machine": ours["run"]["machine"], "torch": theirs["torch"],
+    }
+    out = Path(args.out)
+    (out / "torchdistill.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "torchdistill.md").write_text(markdown(record))
+    print(markdown(record))
+
+
+def markdown(record: dict) -> str:
+    ours, theirs = record["distillery"], record["torchdistill"]
+    return "\n".join([
+        f"Setting: {record['setting']}; teacher {record['teacher_errors']} test errors.", "",
+        "| | wall time (s) | training loop (s) | student test errors |", "|---|---|---|---|",
+        f"| Distillery | {ours['wall_seconds']:.1f} | {ours['train_seconds']:.1f} | {ours['test_errors']} |",
+        f"| torchdistill {theirs['version']} | {theirs['wall_seconds']:.1f} | {theirs['train_seconds']:.1f} | "
+        f"{theirs['test_errors']} |",
+        f"| ratio (torchdistill / Distillery) | {record['speedup_wall']:.2f}x | {record['speedup_train_loop']:.2f}x | |",
+        "", f"Command: `{record['command']}`; git {record['git_sha']}; {record['machine']}; torch {record['torch']}.",
+        ""])
+
+
+if __name__ == "__main__":
+    main()

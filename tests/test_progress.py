@@ -1,0 +1,46 @@
+"""Progress on the driver: stages announced, jobs' epochs, running and retried jobs read from their logs."""
+
+import json
+
+from distill.config import load_config
+from distill.pipeline import run
+from ensembles.fanout import JobStatus, job_status, progress_line
+from ensembles.jobs import JobResult
+
+
+def _log(run_dir, name, events):
+    path = run_dir / "logs" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(event) + "\n" for event in events))
+
+
+def test_job_status_reads_epochs_and_attempts_from_the_log(tmp_path):
+    _log(tmp_path, "member_0", [{"event": "start", "epoch": 0}, {"event": "epoch", "epoch": 1},
+                                {"event": "epoch", "epoch": 2}, {"event": "resume", "epoch": 2},
+                                {"event": "epoch", "epoch": 3}])
+    _log(tmp_path, "member_1", [{"event": "reused", "epoch": 12}])
+    assert job_status(tmp_path, "member_0") == JobStatus(epochs=3, attempts=2)
+    assert job_status(tmp_path, "member_1") == JobStatus(epochs=12, attempts=0)
+    assert job_status(tmp_path, "member_2") == JobStatus()
+
+
+def test_progress_line_names_running_and_retried_jobs():
+    statuses = {"member_0": JobStatus(3, 2), "member_1": JobStatus(12, 1), "member_2": JobStatus(),
+                **{f"member_{i}": JobStatus(1, 1) for i in range(3, 8)}}
+    finished = {"member_1": JobResult("member_1", "c", [], 1.0)}
+    line = progress_line(statuses, finished)
+    assert line == "1/8 done, running member_0@3 member_3@1 member_4@1 member_5@1 +2, retried member_0"
+
+
+def test_a_run_on_a_terminal_announces_its_stages(tmp_path, capsys):
+    config = load_config(None, ["data.name=synthetic", "data.options={classes: 12, groups: 3, dim: 8, "
+                                "train_per_class: 20, test_per_class: 5}", "teacher.model.kwargs={hidden: [16]}",
+                                "teacher.train.epochs=2", "specialists.count=2", "specialists.train.epochs=1",
+                                "student.model.kwargs={hidden: [8]}", "student.train.epochs=1",
+                                "cluster.executor=local"])
+    run(config, tmp_path / "run", tmp_path, progress=True)
+    err = capsys.readouterr().err
+    stages = [line.removeprefix("distillery: ") for line in err.splitlines() if line.startswith("distillery: ")]
+    assert stages == ["teachers", "clustering", "specialists", "soft targets", "student", "baseline",
+                      "evaluation and report"]
+    assert "specialists: 100%" in err and "2/2 done" in err
