@@ -27,22 +27,24 @@ def save_figure(figure, path: Path) -> Path:
 
 
 def plot_training_curves(history: dict[str, list[dict]], path: Path) -> Path:
-    """Training loss per epoch (left, log scale) and test accuracy at the curve points (right), one line per model.
-
-    Specialists are left out when there are many of them: dozens of lines hide the models the report compares."""
+    """Training loss per epoch (left, log scale) and test accuracy at the curve points (right), one line per model;
+    ensemble members and specialists in thin grey lines under one legend entry, so the models compared stand out."""
     plt = pyplot()
-    shown = {name: records for name, records in history.items()
-             if records and not (name.startswith("specialist_") and len(history) > 8)}
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
-    for name, records in shown.items():
-        loss_axes.plot([r["epoch"] for r in records], [r["loss"] for r in records], label=name, linewidth=1)
+    labelled = set()
+    for name, records in history.items():
+        group = next((g for g in ("member", "specialist") if name.startswith(f"{g}_")), None)
+        style = {"color": "#aaaaaa", "linewidth": 0.7} if group else {"linewidth": 1.4}
+        label = name if group is None else (f"{group}s" if group not in labelled else None)
+        labelled.add(group)
+        loss_axes.plot([r["epoch"] for r in records], [r["loss"] for r in records], **style)
         points = [r for r in records if "test_accuracy" in r]
         accuracy_axes.plot([r["epoch"] for r in points], [100 * r["test_accuracy"] for r in points], marker=".",
-                           label=name, linewidth=1)
-    loss_axes.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
-    accuracy_axes.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy (curve only, not for choosing)")
-    accuracy_axes.title.set_fontsize(9)
-    loss_axes.title.set_fontsize(9)
+                           markersize=3, label=label, **style)
+    loss_axes.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    accuracy_axes.set(xlabel="epoch", ylabel="test accuracy (%)")
+    loss_axes.set_title("training loss", fontsize=9)
+    accuracy_axes.set_title("test accuracy (a curve only, never used to choose a model)", fontsize=9)
     accuracy_axes.legend(fontsize=7, loc="lower right")
     return save_figure(figure, path)
 
@@ -81,7 +83,8 @@ def plot_gain_by_coverage(rows: list[dict], path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(5.5, 3.2), dpi=110)
     labels = [row["covering"] for row in rows]
     values = [100 * (row["relative_change"] or 0.0) for row in rows]
-    bars = axes.bar(labels, values, color=["#4477aa" if v >= 0 else "#cc6677" for v in values])
+    bars = axes.bar(labels, values, width=0.6, color=["#4477aa" if v >= 0 else "#cc6677" for v in values])
+    axes.margins(x=0.3 if len(rows) == 1 else 0.05, y=0.15)  # room for the counts above (or below) the bars
     for bar, row in zip(bars, rows):
         axes.annotate(f"n={row['examples']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                       ha="center", va="bottom" if bar.get_height() >= 0 else "top", fontsize=7)

@@ -10,6 +10,7 @@ models from their last epoch, and reruns whatever was computed from inputs that 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -52,6 +53,7 @@ class Run:
     def __init__(self, config: RunConfig, out_dir: Path, progress: bool = False):
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
         self.seed = set_seed(config.seed)
+        self.cluster = config.cluster  # where models train: the config's, or this process (see _uses_ray)
         self.device = _resolve_device(config.device)
         self.seeds: dict[str, int] = {}
         self.data_key = ""  # the data's fingerprint, once loaded
@@ -111,9 +113,10 @@ def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = Fals
                                  config.transfer.omit_classes, config.transfer.keep_classes,
                                  seed=state.model_seed("transfer"))
     loaded_teacher = _load_teacher(state, data) if config.teacher.checkpoint else None
-    ray_needed = config.cluster.executor == "ray"
-    with ray_session(address) if ray_needed else nullcontext():
-        if ray_needed:
+    if not _uses_ray(config, address):
+        state.cluster = dataclasses.replace(config.cluster, executor="local")
+    with ray_session(address) if state.cluster.executor == "ray" else nullcontext():
+        if state.cluster.executor == "ray":
             task_resources(config.cluster, tasks=1)  # a request no node can meet fails now, not after hours
         _prepare_run_folder(state.out_dir, config, resume)
         state.stage("teacher" if loaded_teacher else "teachers")
@@ -155,6 +158,13 @@ def _evaluation_stage(state: Run, data: Dataset, teachers: Teachers, students: d
     atomic_write_json(path, metrics)
     stage.seal([path])
     return metrics
+
+
+def _uses_ray(config: RunConfig, address: str | None) -> bool:
+    """Ray fans out several models at once. A run that trains one model at a time (a lone teacher, no
+    specialists) would only pay Ray's start-up, so it runs in this process unless --address names a cluster."""
+    parallel = config.ensemble.size > 1 or config.specialists.count > 0
+    return config.cluster.executor == "ray" and (parallel or address is not None)
 
 
 def _prepare_run_folder(out_dir: Path, config: RunConfig, resume: bool) -> None:
@@ -254,7 +264,7 @@ def _train_teachers(state: Run, data: Dataset) -> Teachers:
     shared = JobData(data.x_train, data.y_train, None, (data.x_test, data.y_test))
     jobs = [(state.job(name, specs[i % len(specs)], data, config.teacher.train), shared)
             for i, name in enumerate(names)]
-    for result in train_jobs(jobs, state.out_dir, config.cluster, state.progress, label=names[0] if size == 1
+    for result in train_jobs(jobs, state.out_dir, state.cluster, state.progress, label=names[0] if size == 1
                              else "members").values():
         state.record(result)
     loaded = {name: load_job_model(state.out_dir, name, state.device) for name in names}
@@ -313,7 +323,7 @@ def _soft_targets(state: Run, teachers: Teachers, inputs: torch.Tensor) -> SoftT
         members = list(teachers.models.values())
         return SoftTargets(teacher=Ensemble(members, loss.temperature, config.ensemble.combine,
                                             config.ensemble.weights) if teachers.is_ensemble else members[0])
-    compute = lambda names: predict_all({n: teachers.paths[n] for n in names}, inputs, config.cluster)  # noqa: E731
+    compute = lambda names: predict_all({n: teachers.paths[n] for n in names}, inputs, state.cluster)  # noqa: E731
     logits = cached_logits(teachers.checksums, inputs, cache_home() / "soft_targets", compute)
     if not teachers.is_ensemble:
         return SoftTargets(logits=logits["teacher"])
@@ -404,6 +414,7 @@ def _bias_corrections(state: Run, data: Dataset, student: nn.Module, student_log
 
 def _run_record(state: Run, seconds: float) -> dict:
     return {"seconds": seconds, "seeds": {"base": state.seed, **state.seeds}, "device": str(state.device),
+            "executor": state.cluster.executor,
             "versions": versions(), "git_sha": git_sha(), "machine": machine()}
 
 

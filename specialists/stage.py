@@ -53,9 +53,9 @@ def cluster_classes(config: SpecialistsConfig, generalist: nn.Module, data: Data
               "sizes": [len(subset) for subset in subsets.subsets],
               "uncovered_classes": int((subsets.coverage(data.num_classes) == 0).sum()),
               "ari": adjusted_rand_index(subsets.clusters, data.groups) if data.groups is not None else None}
+    scaled = "\n(diagonal zeroed, unit columns)" if clustering.normalize else ""
     plot_affinity(matrix, subsets.clusters, affinity_path(run_dir),
-                  f"{clustering.source} of the generalist's predictions"
-                  f"{' (diagonal zeroed, unit columns)' if clustering.normalize else ''}, {config.count} clusters")
+                  f"{clustering.source} of the generalist's predictions, {config.count} clusters{scaled}")
     atomic_write_json(subsets_path(run_dir), record)
     return record
 

@@ -199,3 +199,13 @@ def test_an_out_folder_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "out").write_text("")
     assert main(["run", "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == f"distillery: error: --out {tmp_path / 'out'} is a file, not a folder"
+
+
+@pytest.mark.slow
+def test_a_lone_teacher_trains_in_the_driver_without_starting_ray(tmp_path):
+    lone = [a for a in TINY if not a.startswith("cluster.")]  # the default executor, ray
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *_sets(lone)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["run"]["executor"] == "local"
+    events = [json.loads(line) for line in (out / "logs" / "teacher.jsonl").read_text().splitlines()]
+    assert {e["node"] for e in events} == {None}  # a job on Ray records its node
