@@ -54,6 +54,7 @@ class Run:
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
         self.seed = set_seed(config.seed)
         self.cluster = config.cluster  # where models train: the config's, or this process (see _uses_ray)
+        self.git_sha = git_sha()  # now: the code this run imported, whatever is committed while it runs
         self.device = _resolve_device(config.device)
         self.seeds: dict[str, int] = {}
         self.data_key = ""  # the data's fingerprint, once loaded
@@ -415,7 +416,7 @@ def _bias_corrections(state: Run, data: Dataset, student: nn.Module, student_log
 def _run_record(state: Run, seconds: float) -> dict:
     return {"seconds": seconds, "seeds": {"base": state.seed, **state.seeds}, "device": str(state.device),
             "executor": state.cluster.executor,
-            "versions": versions(), "git_sha": git_sha(), "machine": machine()}
+            "versions": versions(), "git_sha": state.git_sha, "machine": machine()}
 
 
 def _resolve_device(name: str) -> torch.device:

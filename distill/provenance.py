@@ -21,15 +21,17 @@ def versions() -> dict[str, str]:
 
 
 def git_sha() -> str | None:
-    """The checkout's commit; DISTILLERY_GIT_SHA names it where the code travels without .git (a copied tree)."""
+    """The checkout's commit, with "-dirty" when tracked files differ from it (the result then came from code no
+    commit holds); DISTILLERY_GIT_SHA names it where the code travels without .git (a copied tree)."""
     if os.environ.get("DISTILLERY_GIT_SHA"):
         return os.environ["DISTILLERY_GIT_SHA"]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip()
+        sha, changed = (subprocess.run(["git", *command], capture_output=True, text=True, timeout=5,
+                                       cwd=Path(__file__).parent).stdout.strip()
+                        for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"]))
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return sha or None
+    return (sha + ("-dirty" if changed else "")) or None
 
 
 def machine() -> str:
