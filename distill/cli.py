@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--download", action="store_true", help="allow downloading a missing data set")
     run.add_argument("--address", help="join this Ray cluster ('auto' or HOST:PORT) instead of starting a local one")
     run.add_argument("--resume", action="store_true",
-                     help="continue the run in --out: reuse finished models, resume unfinished ones")
+                     help="continue the run in --out: reuse finished stages whose inputs are unchanged, resume "
+                          "unfinished models from their last epoch, rerun the rest")
     run.add_argument("--verbose", "-v", action="store_true", help="log every epoch")
     report = commands.add_parser("report", help="rebuild report.md and its figures from a finished run folder")
     report.add_argument("run_dir", metavar="DIR", help="a run folder holding config.yaml and metrics.json")
