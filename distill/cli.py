@@ -53,17 +53,21 @@ def command_report(args: argparse.Namespace) -> int:
     import json
 
     from distill.config import load_config
+    from distill.pipeline import report_stage
     from distill.report import write_report
 
     run_dir = Path(args.run_dir)
     for name in ("config.yaml", "metrics.json"):
         if not (run_dir / name).is_file():
             raise DistilleryError(f"{run_dir} holds no finished run: {name} is missing")
+    config = load_config(run_dir / "config.yaml")
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except json.JSONDecodeError as error:
-        raise DistilleryError(f"{run_dir / 'metrics.json'} is not valid JSON ({error})") from None
-    print(f"report: {write_report(run_dir, load_config(run_dir / 'config.yaml'), metrics)[0]}")
+        written = write_report(run_dir, config, json.loads((run_dir / "metrics.json").read_bytes()))
+    except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as error:  # JSON, or not our layout
+        raise DistilleryError(f"{run_dir / 'metrics.json'} is not the metrics.json of a finished run "
+                              f"({type(error).__name__}: {error})") from None
+    report_stage(run_dir, config).seal(written)  # so a later --resume knows this report is current
+    print(f"report: {written[0]}")
     return 0
 
 

@@ -136,11 +136,16 @@ def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = Fals
         models["baseline"] = state.fit("baseline", student_spec, data, inputs, labels, student_train)
     state.stage("evaluation and report")
     metrics = _evaluation_stage(state, data, teachers, models, transfer, started)
-    report = Stage(state.out_dir, "report", {"metrics": sha256_file(state.out_dir / "metrics.json"),
-                                             "config": _computed_settings(config)})
+    report = report_stage(state.out_dir, config)
     if not report.reusable():
         report.seal(write_report(state.out_dir, config, metrics))
     return metrics
+
+
+def report_stage(out_dir: Path, config: RunConfig) -> Stage:
+    """report.md and its figures: made from metrics.json and the config (also by `distillery report DIR`)."""
+    return Stage(out_dir, "report", {"metrics": sha256_file(Path(out_dir) / "metrics.json"),
+                                     "config": _computed_settings(config)})
 
 
 def _evaluation_stage(state: Run, data: Dataset, teachers: Teachers, students: dict[str, nn.Module],

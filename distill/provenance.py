@@ -25,12 +25,19 @@ def git_sha() -> str | None:
     commit holds); DISTILLERY_GIT_SHA names it where the code travels without .git (a copied tree)."""
     if os.environ.get("DISTILLERY_GIT_SHA"):
         return os.environ["DISTILLERY_GIT_SHA"]
+    def git(*args: str) -> str:
+        # --no-optional-locks: a status that refreshes .git/index could make a concurrent `git commit` fail.
+        return subprocess.run(["git", "--no-optional-locks", *args], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip()
+
     try:
-        sha, changed = (subprocess.run(["git", *command], capture_output=True, text=True, timeout=5,
-                                       cwd=Path(__file__).parent).stdout.strip()
-                        for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"]))
+        sha = git("rev-parse", "HEAD")
     except (OSError, subprocess.TimeoutExpired):
         return None
+    try:
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.TimeoutExpired):
+        return f"{sha}-unknown" if sha else None
     return (sha + ("-dirty" if changed else "")) or None
 
 

@@ -2,8 +2,9 @@
 a stage only while its inputs are unchanged and its outputs intact, and reruns it otherwise.
 
     manifests/STAGE.json   {"stage", "key", "inputs", "outputs": {path in the run folder: sha256}}, written last
-    logs/stages.jsonl      one line per stage and attempt: "ran", "reused", or "stale" (a manifest that no longer
-                           matches its inputs or outputs; the stage is then rerun, never silently reused)
+    logs/stages.jsonl      "ran" when a stage is sealed; on --resume first "reused", or "stale" (its manifest no
+                           longer matches its inputs or outputs, or cannot be read: the stage is rerun, never
+                           silently reused, and logs "ran" again)
 
 Trained models are stages of their own (ensembles.jobs keeps the same promise with the `inputs` key stored in
 each checkpoint); this module covers the stages between them: clustering, evaluation and the report.
@@ -34,10 +35,13 @@ class Stage:
         """Whether a finished attempt with the same inputs left every output intact; logs reused or stale."""
         if not self.path.is_file():
             return False
-        manifest = json.loads(self.path.read_text())
-        intact = all((self.run_dir / name).is_file() and sha256_file(self.run_dir / name) == checksum
-                     for name, checksum in manifest["outputs"].items())
-        reusable = manifest["key"] == self.key and intact
+        try:
+            manifest = json.loads(self.path.read_text())
+            reusable = manifest["key"] == self.key and all(
+                (self.run_dir / name).is_file() and sha256_file(self.run_dir / name) == checksum
+                for name, checksum in manifest["outputs"].items())
+        except (ValueError, KeyError, TypeError, AttributeError):  # damaged by hand or by a disk: not evidence
+            reusable = False
         self._log("reused" if reusable else "stale")
         return reusable
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def train_jobs(jobs: list[tuple[TrainJob, JobData]], run_dir: str | Path, cluste
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    shown = _Progress(run_dir, jobs, progress, label)
     if cluster.executor == "local":
-        return _train_here(jobs, run_dir, progress, label)
+        return _train_here(jobs, run_dir, shown)
     num_cpus, num_gpus = task_resources(cluster, len(jobs))
     task = ray.remote(_train_on_worker).options(num_cpus=num_cpus, num_gpus=num_gpus,
                                                 max_retries=cluster.max_retries, retry_exceptions=False)
@@ -57,8 +59,7 @@ def train_jobs(jobs: list[tuple[TrainJob, JobData]], run_dir: str | Path, cluste
         if id(data) not in shared:
             shared[id(data)] = ray.put(_moved(data, "cpu"))
         pending[task.remote(job, shared[id(data)], str(run_dir), num_cpus, num_gpus)] = job.name
-    total = {job.name: job.train.epochs for job, _ in jobs}
-    return _collect(pending, run_dir, total, cluster.max_retries, progress, label)
+    return _collect(pending, cluster.max_retries, shown)
 
 
 def task_resources(cluster: ClusterConfig, tasks: int, nodes: list[dict] | None = None) -> tuple[float, float]:
@@ -98,43 +99,55 @@ def _moved(data: JobData, device: str) -> JobData:
     return JobData(data.inputs.to(device), data.labels.to(device), targets, evaluation)
 
 
-def _collect(pending: dict, run_dir: Path, total: dict[str, int], max_retries: int, progress: bool,
-             label: str) -> dict[str, JobResult]:
+def _collect(pending: dict, max_retries: int, shown: _Progress) -> dict[str, JobResult]:
     """Wait for all tasks, showing progress from their logs; on an unfixable error cancel the rest and raise."""
-    results = {}
-    with tqdm(total=sum(total.values()), desc=label, unit="epoch", disable=not progress) as bar:
+    with shown:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
             for ref in done:
                 name = pending.pop(ref)
                 try:
-                    results[name] = _result(ref, name, max_retries)
+                    shown.finished[name] = _result(ref, name, max_retries)
                 except DistilleryError:
                     for other in pending:
                         ray.cancel(other, force=True)
                     raise
-                log.info("%s: %s", name, _describe(results[name]))
-            _show(bar, run_dir, list(total), results)
-    return results
+                log.info("%s: %s", name, _describe(shown.finished[name]))
+            shown.refresh()
+    return shown.finished
 
 
-def _train_here(jobs: list[tuple[TrainJob, JobData]], run_dir: Path, progress: bool,
-                label: str) -> dict[str, JobResult]:
+def _train_here(jobs: list[tuple[TrainJob, JobData]], run_dir: Path, shown: _Progress) -> dict[str, JobResult]:
     """The local executor: one job after another in this process, with the same progress bar."""
-    results, names = {}, [job.name for job, _ in jobs]
-    with tqdm(total=sum(job.train.epochs for job, _ in jobs), desc=label, unit="epoch", disable=not progress) as bar:
+    with shown:
         for job, data in jobs:
-            results[job.name] = run_job(job, data, run_dir, on_epoch=lambda *_: _show(bar, run_dir, names, results))
-        _show(bar, run_dir, names, results)
-    return results
+            shown.finished[job.name] = run_job(job, data, run_dir, on_epoch=lambda *_: shown.refresh())
+            shown.refresh()
+    return shown.finished
 
 
-def _show(bar: tqdm, run_dir: Path, names: list[str], finished: dict[str, JobResult]) -> None:
-    if bar.disable:  # reading every job's log costs time only worth spending for a terminal
-        return
-    statuses = {name: job_status(run_dir, name) for name in names}
-    bar.update(sum(status.epochs for status in statuses.values()) - bar.n)
-    bar.set_postfix_str(progress_line(statuses, finished), refresh=False)
+class _Progress:
+    """The driver's bar for one training stage: epochs over all its jobs and `progress_line`, read from the
+    jobs' logs; a no-op when not on a terminal (reading every log costs time only worth spending there)."""
+
+    def __init__(self, run_dir: Path, jobs: list[tuple[TrainJob, JobData]], enabled: bool, label: str):
+        self.run_dir, self.names, self.since = run_dir, [job.name for job, _ in jobs], time.time()
+        self.finished: dict[str, JobResult] = {}
+        self.bar = tqdm(total=sum(job.train.epochs for job, _ in jobs), desc=label, unit="epoch",
+                        disable=not enabled)
+
+    def refresh(self) -> None:
+        if self.bar.disable:
+            return
+        statuses = {name: job_status(self.run_dir, name, self.since) for name in self.names}
+        self.bar.update(sum(status.epochs for status in statuses.values()) - self.bar.n)
+        self.bar.set_postfix_str(progress_line(statuses, self.finished))  # redraws, also when no epoch ended
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
 def _result(ref, name: str, max_retries: int) -> JobResult:
@@ -159,24 +172,33 @@ def _describe(result: JobResult) -> str:
 
 @dataclass
 class JobStatus:
-    """What a job's log says: the highest epoch finished (a reused checkpoint counts in full) and how many
-    attempts started it (more than one: its worker or node died, or the driver did and --resume went on)."""
+    """What a job's log says: the epochs its current weights have been trained for (a reused checkpoint counts
+    in full, a restart from scratch counts from 0 again), and how many attempts started or resumed it since a
+    given time (more than one: its worker or node died and Ray ran it again)."""
 
     epochs: int = 0
     attempts: int = 0
 
 
-def job_status(run_dir: Path, name: str) -> JobStatus:
+def job_status(run_dir: Path, name: str, since: float = 0.0) -> JobStatus:
+    """Replay job `name`'s log in order; attempts count only those started at or after `since` (this driver's
+    start: a log also holds the attempts of earlier runs of the same folder)."""
     path = Path(run_dir) / "logs" / f"{name}.jsonl"
+    status = JobStatus()
     if not path.is_file():
-        return JobStatus()
-    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return JobStatus(max((e.get("epoch", 0) for e in events if e["event"] in ("epoch", "reused")), default=0),
-                     sum(e["event"] in ("start", "resume") for e in events))
+        return status
+    for event in (json.loads(line) for line in path.read_text().splitlines() if line.strip()):
+        kind = event["event"]
+        if kind in ("start", "resume", "epoch", "reused"):
+            status.epochs = event.get("epoch", 0)
+        if kind in ("start", "resume") and event.get("time", 0.0) >= since:
+            status.attempts += 1
+    return status
 
 
 def progress_line(statuses: dict[str, JobStatus], finished: dict[str, JobResult]) -> str:
-    """The progress bar's summary: how many finished, which run now (with their epoch), which were retried."""
+    """The progress bar's summary: how many finished, which run now (with their epoch), which were retried
+    (statuses counted since this driver started)."""
     running = [f"{name}@{status.epochs}" for name, status in statuses.items()
                if status.attempts and name not in finished]
     retried = [name for name, status in statuses.items() if status.attempts > 1]

@@ -95,7 +95,7 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
     state_path = run_dir / "state" / f"{job.name}.pt"
     resume_from = torch.load(state_path, map_location=device, weights_only=True) if state_path.is_file() else None
     if resume_from is not None and resume_from.get("inputs") != job.inputs:
-        _log_event(run_dir, job.name, {"event": "stale", "file": str(state_path.relative_to(run_dir))})
+        _stale(run_dir, job.name, state_path, "its partial training state")
         resume_from = None
     done = len(resume_from["history"]) if resume_from else 0
     _log_event(run_dir, job.name, {"event": "resume" if done else "start", "epoch": done})
@@ -127,12 +127,21 @@ def _reuse(job: TrainJob, final: Path, run_dir: Path) -> JobResult | None:
         raise CheckpointError(f"{final} was trained for another job (seed {payload['seed']}, {payload['model']}) "
                               f"than {job.name} of this run; move it away or choose another --out")
     if payload.get("inputs") != job.inputs:
-        _log_event(run_dir, job.name, {"event": "stale", "file": final.name})
-        checksum_path(final).unlink()  # first: without its checksum the checkpoint no longer counts as finished
-        final.unlink()
+        _stale(run_dir, job.name, final, "its finished checkpoint")
+        # Without its checksum the checkpoint no longer counts as finished; the file itself stays until the
+        # retrained model replaces it atomically, so an interrupted retraining loses nothing more.
+        checksum_path(final).unlink()
         return None
     _log_event(run_dir, job.name, {"event": "reused", "epoch": len(payload["history"]), "checksum": payload["sha256"]})
     return JobResult(job.name, payload["sha256"], payload["history"], payload["train_seconds"], reused=True)
+
+
+def _stale(run_dir: Path, name: str, path: Path, what: str) -> None:
+    """Record in the job's log, and warn (on the terminal when the job runs in the driver), that a file was made
+    from other inputs than the job's."""
+    _log_event(run_dir, name, {"event": "stale", "file": str(path.relative_to(run_dir))})
+    log.warning("%s: %s (%s) was trained from other inputs than this run's (data, or the models it learns from, "
+                "changed; or it predates input fingerprints): training it again", name, what, path.name)
 
 
 def load_job_model(run_dir: str | Path, name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, str]:

@@ -58,6 +58,18 @@ def test_report_rebuilds_the_report_and_figures_of_a_finished_run(tmp_path, caps
     assert capsys.readouterr().out.strip().endswith(f"report: {out / 'report.md'}")
     assert (out / "report.md").read_text() == written
     assert {p.name for p in (out / "figures").iterdir()} == {"training_curves.png", "reliability.png"}
+    assert main(["run", "--out", str(out), *_sets(TINY), "--resume"]) == 0  # the rebuilt report counts as current
+    last = json.loads((out / "logs" / "stages.jsonl").read_text().splitlines()[-1])
+    assert (last["stage"], last["event"]) == ("report", "reused")
+
+
+def test_report_of_a_malformed_metrics_file_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    (tmp_path / "metrics.json").write_text("[1, 2]")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not the metrics.json of a finished run (TypeError" in err
+    assert not (tmp_path / "report.md").exists()
 
 
 @pytest.mark.slow

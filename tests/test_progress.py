@@ -14,14 +14,20 @@ def _log(run_dir, name, events):
     path.write_text("".join(json.dumps(event) + "\n" for event in events))
 
 
-def test_job_status_reads_epochs_and_attempts_from_the_log(tmp_path):
-    _log(tmp_path, "member_0", [{"event": "start", "epoch": 0}, {"event": "epoch", "epoch": 1},
-                                {"event": "epoch", "epoch": 2}, {"event": "resume", "epoch": 2},
-                                {"event": "epoch", "epoch": 3}])
-    _log(tmp_path, "member_1", [{"event": "reused", "epoch": 12}])
+def test_job_status_replays_the_log_and_counts_attempts_since_a_time(tmp_path):
+    _log(tmp_path, "member_0", [{"event": "start", "epoch": 0, "time": 1}, {"event": "epoch", "epoch": 1, "time": 2},
+                                {"event": "epoch", "epoch": 2, "time": 3}, {"event": "resume", "epoch": 2, "time": 4},
+                                {"event": "epoch", "epoch": 3, "time": 5}])
+    _log(tmp_path, "member_1", [{"event": "reused", "epoch": 12, "time": 1}])
+    # Finished in an earlier run, then found stale (its teacher changed) and trained again from scratch.
+    _log(tmp_path, "member_2", [{"event": "start", "epoch": 0, "time": 1}, {"event": "epoch", "epoch": 12, "time": 2},
+                                {"event": "stale", "time": 10}, {"event": "start", "epoch": 0, "time": 10},
+                                {"event": "epoch", "epoch": 1, "time": 11}])
     assert job_status(tmp_path, "member_0") == JobStatus(epochs=3, attempts=2)
+    assert job_status(tmp_path, "member_0", since=4) == JobStatus(epochs=3, attempts=1)
     assert job_status(tmp_path, "member_1") == JobStatus(epochs=12, attempts=0)
-    assert job_status(tmp_path, "member_2") == JobStatus()
+    assert job_status(tmp_path, "member_2", since=10) == JobStatus(epochs=1, attempts=1)
+    assert job_status(tmp_path, "member_3") == JobStatus()
 
 
 def test_progress_line_names_running_and_retried_jobs():

@@ -52,8 +52,11 @@ def test_a_sealed_stage_is_reused_until_its_inputs_or_outputs_change(tmp_path):
     assert not Stage(tmp_path, "clustering", {"generalist": "b"}).reusable()  # the generalist was retrained
     output.write_text("[[0, 2]]")
     assert not Stage(tmp_path, "clustering", {"generalist": "a"}).reusable()  # the output was changed
+    output.write_text("[[0, 1]]")
+    Stage(tmp_path, "clustering", {"generalist": "a"}).path.write_text('{"key": ')  # a manifest cut short
+    assert not Stage(tmp_path, "clustering", {"generalist": "a"}).reusable()
     assert _stage_events(tmp_path) == [("clustering", "ran"), ("clustering", "reused"), ("clustering", "stale"),
-                                       ("clustering", "stale")]
+                                       ("clustering", "stale"), ("clustering", "stale")]
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +114,8 @@ def test_a_run_killed_in_a_stage_resumes_to_the_same_results(straight, tmp_path,
     assert main(["run", "--out", str(out), *_sets(RUN), "--resume"]) == 0
     for name in finished_before:
         assert _events(out, name)[-1]["event"] == "reused", name
-    assert "resume" in [e["event"] for e in _events(out, victim)]  # an epoch is logged after its state is saved
+    if victim not in finished_before:  # it could finish between being seen mid-training and the kill
+        assert "resume" in [e["event"] for e in _events(out, victim)]  # an epoch is logged after its state
     if stage != "generalist":
         assert ("clustering", "reused") in _stage_events(out)
     resumed = json.loads((out / "metrics.json").read_text())
