@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from statistics import mean
 
+from distill.provenance import short_sha
+
 RESULTS = Path(__file__).parent / "results"
 RUNS = {"mnist": "mnist_ensemble", "fashion_mnist": "fashion_ensemble"}
 COLUMNS = ("accuracy", "errors", "nll", "ece", "agreement", "kl_to_teacher")
@@ -51,7 +53,7 @@ def markdown(results: dict) -> str:
                      f"| {share(r['student_gain_kept'])} | {share(r['baseline_gain_kept'])} "
                      f"| {r['wall_seconds'] / 60:.1f} min |")
     for name, r in results.items():
-        lines += ["", f"{name} (`distillery run configs/{RUNS[name]}.yaml`, git {r['git_sha'][:8]}):", "",
+        lines += ["", f"{name} (`distillery run configs/{RUNS[name]}.yaml`, git {short_sha(r['git_sha'])}):", "",
                   "| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
         for model, values in r["models"].items():
             cells = [f"{values[key]:.4f}" if isinstance(values.get(key), float) else str(values.get(key, ""))

@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from distill.provenance import short_sha
+
 TEST_THREES = 1010
 
 
@@ -98,7 +100,7 @@ def markdown(table: list[dict]) -> str:
     for r in table:
         seconds = f"{r['seconds'] / 60:.1f} min" if r["seconds"] else "(same run)"
         lines.append(f"| {r['setting']} | {r['paper']} | {r['ours']} | {seconds} | `{r['command']}` | "
-                     f"{(r['git_sha'] or 'unknown')[:8]} |")
+                     f"{short_sha(r['git_sha'])} |")
     lines.append("")
     lines.append(f"Machine: {table[0]['machine']}.")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from distill.provenance import short_sha
+
 RESULTS = Path(__file__).parent / "results"
 RUNS = {"synthetic": "synthetic_specialists", "fashion_mnist": "fashion_specialists",
         "omniglot": "omniglot_specialists"}
@@ -58,7 +60,8 @@ def markdown(results: dict) -> str:
                      f"| {100 * m['student']['accuracy']:.2f} % | {share} | {100 * m['baseline']['accuracy']:.2f} % "
                      f"| {r['wall_seconds'] / 60:.1f} min |")
     for name, r in results.items():
-        lines += ["", f"{name} (`distillery run configs/{RUNS[name]}.yaml`, git {r['git_sha'][:8]}): relative top-1 "
+        commit = short_sha(r["git_sha"])
+        lines += ["", f"{name} (`distillery run configs/{RUNS[name]}.yaml`, git {commit}): relative top-1 "
                   "change by the number of specialists covering the true class", "",
                   "| covering | examples | generalist | combined | relative change |", "|---|---|---|---|---|"]
         lines += [f"| {row['covering']} | {row['examples']} | {100 * row['generalist_accuracy']:.2f} % "

@@ -132,7 +132,8 @@ def markdown(record: dict) -> str:
         f"{ours['wall_seconds']:.1f} | {ours['train_seconds']:.1f} | {ours['test_errors']} |",
         f"| torchdistill {theirs['version']} | {theirs['wall_seconds']:.1f} | {theirs['train_seconds']:.1f} | "
         f"{theirs['test_errors']} |",
-        f"| ratio (torchdistill / Distillery) | {record['speedup_wall']:.2f}x | {record['speedup_train_loop']:.2f}x | |",
+        f"| ratio (torchdistill / Distillery) | {record['speedup_wall']:.2f}x | "
+        f"{record['speedup_train_loop']:.2f}x | |",
         "", f"Command: `{record['command']}`; git {record['git_sha']}; {record['machine']}; torch {record['torch']}.",
         ""])
 

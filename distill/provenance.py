@@ -41,5 +41,12 @@ def git_sha() -> str | None:
     return (sha + ("-dirty" if changed else "")) or None
 
 
+def short_sha(sha: str | None) -> str:
+    """A commit for a table: its first 8 digits, keeping the "-dirty" mark of `git_sha`."""
+    if not sha:
+        return "unknown"
+    return sha[:8] + ("-dirty" if sha.endswith("-dirty") else "")
+
+
 def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.platform(terse=True)}"
