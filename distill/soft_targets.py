@@ -2,7 +2,8 @@
 
 The cache stores logits, not probabilities, so one entry serves every temperature. Its key is the teacher's
 checkpoint checksum and a hash of the transfer inputs: a retrained teacher or a different transfer set never
-reads another's entry.
+reads another's entry. Each entry carries the SHA-256 of its logits, checked on every read: a damaged entry is
+recomputed, never used.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def cached_logits(checksums: dict[str, str], inputs: torch.Tensor, cache_dir: st
     missing = [name for name in checksums if name not in found]
     if missing:
         for name, logits in compute(missing).items():
-            atomic_torch_save(paths[name], logits.cpu())
+            atomic_torch_save(paths[name], {"logits": logits.cpu(), "sha256": sha256_tensor(logits)})
             found[name] = logits
         log.info("soft targets of %s computed and cached in %s", ", ".join(missing), cache_dir)
     return {name: found[name].to(inputs.device) for name in checksums}
@@ -43,8 +44,11 @@ def _read(path: Path, rows: int) -> torch.Tensor | None:
     if not path.is_file():
         return None
     try:
-        logits = torch.load(path, weights_only=True)
-    except (RuntimeError, EOFError):
-        log.warning("soft-target cache entry %s is unreadable; recomputing it", path)
+        entry = torch.load(path, weights_only=True)
+        intact = sha256_tensor(entry["logits"]) == entry["sha256"]
+    except (RuntimeError, EOFError, KeyError, TypeError, IndexError):  # unreadable, or written by an older version
+        intact = False
+    if not intact:
+        log.warning("soft-target cache entry %s is damaged or unreadable; recomputing it", path)
         return None
-    return logits if logits.shape[0] == rows else None
+    return entry["logits"] if entry["logits"].shape[0] == rows else None

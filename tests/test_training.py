@@ -108,6 +108,12 @@ def test_cache_returns_teacher_outputs_and_is_keyed_by_teacher(digits, tmp_path)
     torch.testing.assert_close(both["b"], predict_logits(teacher, inputs))
     assert cached({"b": "sha-b"}, digits.x_train[:50])["b"].shape == (50, 10)  # other inputs: another entry
     assert computed[-1] == ["b"] and len(list(tmp_path.glob("*.pt"))) == 3
+    for path in tmp_path.glob("*.pt"):  # every entry damaged on disk, its checksum left as it was
+        entry = torch.load(path, weights_only=True)
+        entry["logits"][0, 0] += 1.0
+        torch.save(entry, path)
+    torch.testing.assert_close(cached({"a": "sha-a"}, inputs)["a"], predict_logits(teacher, inputs))
+    assert computed[-1] == ["a"]  # recomputed, not read
 
 
 def test_checkpoint_round_trip_and_tamper_detection(digits, tmp_path):
