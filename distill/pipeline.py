@@ -39,7 +39,7 @@ from distill.train import HARD_LABELS, SoftTargets, TopKSoftTargets, predict_log
 from ensembles.cluster import ray_session
 from ensembles.combine import Ensemble, combine_log_probs, ensemble_logits
 from ensembles.fanout import predict_all, task_resources, train_jobs
-from ensembles.jobs import JobData, JobResult, TrainJob, checkpoint_path, load_job_model, run_job
+from ensembles.jobs import JobData, JobResult, TrainJob, checkpoint_path, load_job_model
 from specialists.combined import SpecialistEnsemble
 from specialists.stage import (affinity_path, cluster_classes, combined_identity, study, subsets_path,
                                train_specialists)
@@ -91,9 +91,8 @@ class Run:
         """Train model `name` in this process (or reuse / resume it from the run folder) and return it."""
         job = self.job(name, spec, data, train_config, weights, upstream)
         job_data = JobData(inputs, labels, targets, (data.x_test, data.y_test))
-        with tqdm(total=train_config.epochs, desc=name, disable=not self.progress, leave=False) as bar:
-            result = run_job(job, job_data, self.out_dir, on_epoch=lambda _, epoch, record: bar.update(epoch - bar.n))
-        self.record(result)
+        here = dataclasses.replace(self.cluster, executor="local")  # its soft targets live in this process
+        self.record(train_jobs([(job, job_data)], self.out_dir, here, self.progress, label=name)[name])
         return load_job_model(self.out_dir, name, self.device)[0]
 
 
@@ -270,8 +269,8 @@ def _train_teachers(state: Run, data: Dataset) -> Teachers:
     shared = JobData(data.x_train, data.y_train, None, (data.x_test, data.y_test))
     jobs = [(state.job(name, specs[i % len(specs)], data, config.teacher.train), shared)
             for i, name in enumerate(names)]
-    for result in train_jobs(jobs, state.out_dir, state.cluster, state.progress, label=names[0] if size == 1
-                             else "members").values():
+    label = names[0] if size == 1 else "members"
+    for result in train_jobs(jobs, state.out_dir, state.cluster, state.progress, label).values():
         state.record(result)
     loaded = {name: load_job_model(state.out_dir, name, state.device) for name in names}
     return Teachers({name: freeze(model) for name, (model, _) in loaded.items()},

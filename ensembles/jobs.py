@@ -121,7 +121,8 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
 
 
 def _reuse(job: TrainJob, final: Path, run_dir: Path) -> JobResult | None:
-    """The finished checkpoint's result, or None (after removing it) when it was trained from other inputs."""
+    """The finished checkpoint's result, or None (after removing its checksum, which marks it unfinished) when it
+    was trained from other inputs."""
     _, payload = load_checkpoint(final)  # verifies the checksum: a damaged file is refused, not reused
     if payload["seed"] != job.seed or payload["model"] != to_dict(job.spec):
         raise CheckpointError(f"{final} was trained for another job (seed {payload['seed']}, {payload['model']}) "
