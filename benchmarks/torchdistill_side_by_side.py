@@ -63,6 +63,11 @@ def train_teacher(work: Path, data_root: str, epochs: int) -> Path:
     return out / "teacher.pt"
 
 
+def portable(arg: str) -> str:
+    """A path argument relative to the repository (the record must not name this machine's folders)."""
+    return os.path.relpath(arg, REPO) if os.path.isabs(arg) and os.path.exists(arg) else arg
+
+
 def teacher_epochs(path: Path) -> int:
     import torch
 
@@ -103,7 +108,7 @@ def main() -> None:
     mean = {key: (runs[0][key] + runs[1][key]) / 2 for key in ("wall_seconds", "train_seconds")}
     metrics = ours_before[1]
     record = {
-        "command": "python benchmarks/torchdistill_side_by_side.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/torchdistill_side_by_side.py " + " ".join(map(portable, sys.argv[1:])),
         "setting": f"MNIST, 1200-1200 teacher ({teacher_epochs(teacher)} epochs) -> 800-800 "
                    f"student, {args.epochs} epochs, batch 128, SGD Nesterov 0.9, one-cycle lr 0.05, T = 20, "
                    "soft term only (weight T^2), CPU",
