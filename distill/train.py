@@ -21,6 +21,7 @@ from distill.config import LossWeights, TrainConfig
 from distill.data import translate_batch
 from distill.errors import TrainingError
 from distill.losses import distillation_loss, softmax_at
+from distill.memory import retain_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: 
     """
     if weights.w_soft and targets is None:
         raise ValueError("soft-target training needs SoftTargets")
+    retain_freed_memory()
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
     optimizer = make_optimizer(model, config)
     scheduler = make_schedule(optimizer, config, steps_per_epoch=math.ceil(len(inputs) / config.batch_size))
@@ -134,7 +136,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, i
     total = torch.zeros((), device=inputs.device)
     constrain = getattr(model, "apply_constraints", None)
     for index in order.split(config.batch_size):
-        batch = translate_batch(inputs[index], config.augment_shift, generator)
+        batch = translate_batch(inputs.index_select(0, index), config.augment_shift, generator)
         teacher_probs = targets.batch(index, batch, weights.temperature) if weights.w_soft else None
         loss = distillation_loss(model(batch), teacher_probs, labels[index], weights.temperature,
                                  weights.w_soft, weights.w_hard)

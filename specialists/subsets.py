@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.metrics import adjusted_rand_score
 
 ALGORITHMS = ("kmeans", "online")
 
@@ -72,6 +70,8 @@ def find_subsets(affinity: torch.Tensor, count: int, overlap: int = 1, min_size:
         raise ValueError(f"count must be in [1, {num_classes}], got {count}")
     if not 1 <= overlap <= count:
         raise ValueError(f"overlap must be in [1, count={count}], got {overlap}")
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # here, not at the top: importing it takes a second
+
     columns = affinity.T.float().cpu().numpy()
     if algorithm == "kmeans":
         model = KMeans(n_clusters=count, n_init=4, random_state=seed)
@@ -98,4 +98,6 @@ def find_subsets(affinity: torch.Tensor, count: int, overlap: int = 1, min_size:
 
 def adjusted_rand_index(clusters: list[int], groups: torch.Tensor) -> float:
     """Agreement of the k-means clusters with a known coarse grouping of the classes (1: identical, ~0: chance)."""
+    from sklearn.metrics import adjusted_rand_score
+
     return float(adjusted_rand_score(groups.cpu().numpy(), np.asarray(clusters)))

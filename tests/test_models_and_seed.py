@@ -80,4 +80,5 @@ def test_bit_dropout_masks_differ_between_calls_and_elements():
     layer = BitDropout(0.5)
     a, b = layer(torch.ones(64, 64)), layer(torch.ones(64, 64))
     assert not torch.equal(a, b)
-    assert 0.4 < (a[:, ::2] == 0).float().mean() < 0.6 and 0.4 < (a[:, 1::2] == 0).float().mean() < 0.6
+    for lane in range(4):  # each 64-bit word feeds four neighbouring elements: every lane keeps the rate
+        assert 0.4 < (a[:, lane::4] == 0).float().mean() < 0.6
