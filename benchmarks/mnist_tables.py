@@ -78,11 +78,13 @@ TEACHER_VARIANTS = {
 }
 
 
-def variant_rows(runs: Path) -> list[dict]:
-    """The teacher of each variant config that has been run, and the T = 20 student distilled from it."""
+def variant_rows(runs: Path, previous: list[dict]) -> list[dict]:
+    """The teacher of each variant config and the T = 20 student distilled from it: from its run folder, else the
+    committed rows (a run made on another host or in an earlier session)."""
     table = []
     for name, change in TEACHER_VARIANTS.items():
         if not (runs / name / "metrics.json").is_file():
+            table += kept_rows(previous, runs, [name])
             continue
         run = _load(runs, name)
         m = run["models"]
@@ -95,6 +97,12 @@ def variant_rows(runs: Path) -> list[dict]:
     return table
 
 
+def kept_rows(previous: list[dict], runs: Path, names: list[str]) -> list[dict]:
+    """Committed rows of those runs in `names` whose folders are not in `runs`."""
+    missing = {f"distillery run configs/{name}.yaml" for name in names if not (runs / name / "metrics.json").is_file()}
+    return [row for row in previous if row["command"] in missing]
+
+
 def markdown(table: list[dict]) -> str:
     lines = ["| setting | paper | ours | train time | command | git |", "|---|---|---|---|---|---|"]
     for r in table:
@@ -102,7 +110,12 @@ def markdown(table: list[dict]) -> str:
         lines.append(f"| {r['setting']} | {r['paper']} | {r['ours']} | {seconds} | `{r['command']}` | "
                      f"{short_sha(r['git_sha'])} |")
     lines.append("")
-    lines.append(f"Machine: {table[0]['machine']}.")
+    machines: dict[str, list[str]] = {}
+    for r in table:
+        shas, sha = machines.setdefault(r["machine"], []), short_sha(r["git_sha"])
+        if sha not in shas:
+            shas.append(sha)
+    lines += [f"Machine of the rows at {', '.join(shas)}: {machine}." for machine, shas in machines.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -111,8 +124,12 @@ def main() -> None:
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
-    table = rows(Path(args.runs)) + variant_rows(Path(args.runs))
-    out = Path(args.out)
+    runs, out = Path(args.runs), Path(args.out)
+    previous = json.loads((out / "mnist.json").read_text()) if (out / "mnist.json").is_file() else []
+    main_runs = ["mnist", "mnist_omit3", "mnist_only78", "mnist_3pct"]
+    have_main = all((runs / name / "metrics.json").is_file() for name in main_runs)
+    table = rows(runs) if have_main else kept_rows(previous, runs, main_runs)
+    table += variant_rows(runs, previous)
     out.mkdir(parents=True, exist_ok=True)
     (out / "mnist.json").write_text(json.dumps(table, indent=2) + "\n")
     (out / "mnist.md").write_text(markdown(table))
