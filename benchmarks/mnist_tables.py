@@ -25,7 +25,7 @@ def _load(runs: Path, name: str) -> dict:
 
 
 def _row(setting: str, paper: str, ours: str, run: str, metrics: dict, seconds: float) -> dict:
-    return {"setting": setting, "paper": paper, "ours": ours, "command": f"distillery run configs/{run}.yaml",
+    return {"setting": setting, "paper": paper, "ours": ours, "command": _command(run),
             "git_sha": metrics["run"]["git_sha"], "seconds": round(seconds, 1), "machine": metrics["run"]["machine"]}
 
 
@@ -75,6 +75,16 @@ def rows(runs: Path) -> list[dict]:
 TEACHER_VARIANTS = {
     "mnist_long": "240 epochs instead of 120",
     "mnist_no_input_dropout": "no input dropout",
+    "mnist_no_input_dropout_200": "no input dropout, 200 epochs",
+    "mnist_no_input_dropout_300": "no input dropout, 300 epochs",
+}
+# Student recipes distilled from one variant's teacher (runs in RUNS/student_screen/NAME): name -> (change, overrides).
+# They ran SCREEN_CONFIG (whose student is that of every variant) with the teacher checkpoint of SCREENED_TEACHER.
+SCREENED_TEACHER, SCREEN_CONFIG = "mnist_no_input_dropout_200", "mnist_no_input_dropout"
+STUDENT_SCREEN = {
+    "w_hard1": ("with a hard-label term (w_hard = 1)", ["student.loss.w_hard=1.0"]),
+    "epochs120": ("120 epochs instead of 60", ["student.train.epochs=120"]),
+    "lr0.1": ("peak lr 0.1 instead of 0.05", ["student.train.lr=0.1"]),
 }
 
 
@@ -84,7 +94,7 @@ def variant_rows(runs: Path, previous: list[dict]) -> list[dict]:
     table = []
     for name, change in TEACHER_VARIANTS.items():
         if not (runs / name / "metrics.json").is_file():
-            table += kept_rows(previous, runs, [name])
+            table += kept_rows(previous, _command(name))
             continue
         run = _load(runs, name)
         m = run["models"]
@@ -97,10 +107,30 @@ def variant_rows(runs: Path, previous: list[dict]) -> list[dict]:
     return table
 
 
-def kept_rows(previous: list[dict], runs: Path, names: list[str]) -> list[dict]:
-    """Committed rows of those runs in `names` whose folders are not in `runs`."""
-    missing = {f"distillery run configs/{name}.yaml" for name in names if not (runs / name / "metrics.json").is_file()}
-    return [row for row in previous if row["command"] in missing]
+def student_screen_rows(runs: Path, previous: list[dict]) -> list[dict]:
+    """Students of SCREENED_TEACHER's teacher with one setting changed each (`--set teacher.checkpoint`)."""
+    table = []
+    for name, (change, overrides) in STUDENT_SCREEN.items():
+        sets = [f"teacher.checkpoint=runs/{SCREENED_TEACHER}/teacher.pt", *overrides]
+        command = _command(SCREEN_CONFIG) + "".join(f" --set {override}" for override in sets)
+        folder = runs / "student_screen" / name
+        if not (folder / "metrics.json").is_file():
+            table += kept_rows(previous, command)
+            continue
+        run = json.loads((folder / "metrics.json").read_text())
+        student = run["models"]["student"]
+        table.append({**_row(f"student of that 200-epoch teacher, {change}", "74", str(student["errors"]),
+                             SCREEN_CONFIG, run, student["train_seconds"]), "command": command})
+    return table
+
+
+def kept_rows(previous: list[dict], command: str) -> list[dict]:
+    """The committed rows of `command`."""
+    return [row for row in previous if row["command"] == command]
+
+
+def _command(config_name: str) -> str:
+    return f"distillery run configs/{config_name}.yaml"
 
 
 def markdown(table: list[dict]) -> str:
@@ -128,8 +158,8 @@ def main() -> None:
     previous = json.loads((out / "mnist.json").read_text()) if (out / "mnist.json").is_file() else []
     main_runs = ["mnist", "mnist_omit3", "mnist_only78", "mnist_3pct"]
     have_main = all((runs / name / "metrics.json").is_file() for name in main_runs)
-    table = rows(runs) if have_main else kept_rows(previous, runs, main_runs)
-    table += variant_rows(runs, previous)
+    table = rows(runs) if have_main else [row for name in main_runs for row in kept_rows(previous, _command(name))]
+    table += variant_rows(runs, previous) + student_screen_rows(runs, previous)
     out.mkdir(parents=True, exist_ok=True)
     (out / "mnist.json").write_text(json.dumps(table, indent=2) + "\n")
     (out / "mnist.md").write_text(markdown(table))
