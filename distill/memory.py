@@ -2,9 +2,9 @@
 
 A CPU training step allocates and frees the same few megabytes every batch (activations, gradients: 5 MB for
 the 800-800 student). glibc's malloc returns such blocks to the kernel (mmap for large blocks, trimming the top
-of the heap), so the next step takes a page fault on every fresh 4 KiB page: 200-500 faults, about a tenth of
-an 800-800 step on this project's 2-core machine (benchmarks/throughput.py). Raising glibc's two thresholds keeps
-those blocks in the heap for reuse; blocks of at least 32 MiB (data sets) are still mapped and unmapped as before.
+of the heap), so the next step takes a page fault on every fresh 4 KiB page: hundreds to thousands of faults per
+step, about a tenth of an 800-800 step's time on this project's 2-core machine. Raising glibc's two thresholds
+keeps those blocks in the heap for reuse; blocks of 32 MiB and more (data sets) are still mapped and unmapped.
 """
 
 from __future__ import annotations
