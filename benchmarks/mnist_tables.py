@@ -85,6 +85,8 @@ STUDENT_SCREEN = {
     "w_hard1": ("with a hard-label term (w_hard = 1)", ["student.loss.w_hard=1.0"]),
     "epochs120": ("120 epochs instead of 60", ["student.train.epochs=120"]),
     "lr0.1": ("peak lr 0.1 instead of 0.05", ["student.train.lr=0.1"]),
+    "temperature8": ("T = 8 instead of 20", ["student.loss.temperature=8.0"]),
+    "temperature4": ("T = 4 instead of 20", ["student.loss.temperature=4.0"]),
 }
 
 
