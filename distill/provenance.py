@@ -25,6 +25,7 @@ def git_sha() -> str | None:
     commit holds); DISTILLERY_GIT_SHA names it where the code travels without .git (a copied tree)."""
     if os.environ.get("DISTILLERY_GIT_SHA"):
         return os.environ["DISTILLERY_GIT_SHA"]
+
     def git(*args: str) -> str:
         # --no-optional-locks: a status that refreshes .git/index could make a concurrent `git commit` fail.
         return subprocess.run(["git", "--no-optional-locks", *args], capture_output=True, text=True, timeout=5,

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distill.storage import atomic_write_json, fingerprint, sha256_file
+from distill.storage import append_json_line, atomic_write_json, fingerprint, sha256_file
 
 MANIFESTS = "manifests"
 LOG = Path("logs") / "stages.jsonl"
@@ -53,7 +53,4 @@ class Stage:
         self._log("ran")
 
     def _log(self, event: str) -> None:
-        path = self.run_dir / LOG
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as log_file:
-            log_file.write(json.dumps({"time": time.time(), "stage": self.name, "event": event}) + "\n")
+        append_json_line(self.run_dir / LOG, {"time": time.time(), "stage": self.name, "event": event})

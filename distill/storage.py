@@ -40,6 +40,22 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def append_json_line(path: str | Path, record: dict) -> None:
+    """Append `record` as one line to the JSON-lines log at `path` (the logs of jobs and stages)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as log_file:
+        log_file.write(json.dumps(record) + "\n")
+
+
+def read_json_lines(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines log, oldest first; none when it does not exist yet."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:

@@ -15,7 +15,6 @@ Checkpoints live in the run folder, so on a multi-node cluster that folder must 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -30,8 +29,9 @@ from tqdm import tqdm
 from distill.checkpoint import load_checkpoint
 from distill.config import ClusterConfig
 from distill.errors import ConfigError, DistilleryError, TrainingError
+from distill.storage import read_json_lines
 from distill.train import predict_logits
-from ensembles.jobs import JobData, JobResult, TrainJob, run_job
+from ensembles.jobs import JobData, JobResult, TrainJob, log_path, run_job
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +183,8 @@ class JobStatus:
 def job_status(run_dir: Path, name: str, since: float = 0.0) -> JobStatus:
     """Replay job `name`'s log in order; attempts count only those started at or after `since` (this driver's
     start: a log also holds the attempts of earlier runs of the same folder)."""
-    path = Path(run_dir) / "logs" / f"{name}.jsonl"
     status = JobStatus()
-    if not path.is_file():
-        return status
-    for event in (json.loads(line) for line in path.read_text().splitlines() if line.strip()):
+    for event in read_json_lines(log_path(run_dir, name)):
         kind = event["event"]
         if kind in ("start", "resume", "epoch", "reused"):
             status.epochs = event.get("epoch", 0)

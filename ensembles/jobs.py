@@ -11,7 +11,6 @@ Its files in the run folder make it restartable at any moment:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -26,7 +25,7 @@ from distill.checkpoint import checksum_path, load_checkpoint, save_checkpoint
 from distill.config import LossWeights, ModelSpec, TrainConfig, to_dict
 from distill.errors import CheckpointError
 from distill.models import create_model
-from distill.storage import atomic_torch_save
+from distill.storage import append_json_line, atomic_torch_save
 from distill.train import HARD_LABELS, SoftTargets, predict_logits, train
 
 log = logging.getLogger(__name__)
@@ -155,12 +154,13 @@ def _is_curve_point(epoch: int, epochs: int) -> bool:
     return epoch % max(1, epochs // CURVE_POINTS) == 0 or epoch == epochs
 
 
+def log_path(run_dir: str | Path, name: str) -> Path:
+    """Job `name`'s log: one JSON line per event (start, resume, epoch, reused, stale)."""
+    return Path(run_dir) / "logs" / f"{name}.jsonl"
+
+
 def _log_event(run_dir: Path, name: str, event: dict) -> None:
-    path = run_dir / "logs" / f"{name}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    event = {"time": time.time(), "pid": os.getpid(), "node": _node_id(), **event}
-    with open(path, "a") as log_file:
-        log_file.write(json.dumps(event) + "\n")
+    append_json_line(log_path(run_dir, name), {"time": time.time(), "pid": os.getpid(), "node": _node_id(), **event})
 
 
 def _node_id() -> str | None:

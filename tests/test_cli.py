@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from distill.cli import main
+from distill.storage import read_json_lines
+from ensembles.jobs import log_path
 
 TINY = ["data.name=synthetic", "data.options={classes: 12, groups: 3, dim: 16, train_per_class: 30, test_per_class: 10}",
         "teacher.model.kwargs={hidden: [32]}", "teacher.train.epochs=3", "student.model.kwargs={hidden: [16]}",
@@ -100,7 +102,7 @@ def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsy
     assert main(["run", "--out", str(out), *_sets(TINY), "--set", "cluster.max_retries=7", "--resume"]) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["cluster"]["max_retries"] == 7
     for name in ("teacher", "student", "baseline"):
-        events = [json.loads(line)["event"] for line in (out / "logs" / f"{name}.jsonl").read_text().splitlines()]
+        events = [event["event"] for event in read_json_lines(log_path(out, name))]
         assert events[-1] == "reused" and events.count("start") == 1
     again = json.loads((out / "metrics.json").read_text())["models"]
     assert {k: v["accuracy"] for k, v in again.items()} == {k: v["accuracy"] for k, v in first.items()}

@@ -15,7 +15,8 @@ from distill.config import ClusterConfig, ModelSpec, TrainConfig
 from distill.data import load_dataset
 from distill.errors import TrainingError
 from ensembles.fanout import predict_all, train_jobs
-from ensembles.jobs import JobData, TrainJob, checkpoint_path, run_job
+from distill.storage import read_json_lines
+from ensembles.jobs import JobData, TrainJob, checkpoint_path, log_path, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +38,7 @@ def _jobs(data, members=3, epochs=12, lr=0.05):
 
 
 def _events(run_dir, name):
-    path = run_dir / "logs" / f"{name}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return read_json_lines(log_path(run_dir, name))
 
 
 def _in_background(function, *args):

@@ -5,11 +5,11 @@ import json
 from distill.config import load_config
 from distill.pipeline import run
 from ensembles.fanout import JobStatus, job_status, progress_line
-from ensembles.jobs import JobResult
+from ensembles.jobs import JobResult, log_path
 
 
 def _log(run_dir, name, events):
-    path = run_dir / "logs" / f"{name}.jsonl"
+    path = log_path(run_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(event) + "\n" for event in events))
 

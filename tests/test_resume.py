@@ -12,7 +12,9 @@ import pytest
 from distill.checkpoint import save_checkpoint
 from distill.cli import main
 from distill.models import create_model
-from distill.stages import Stage
+from distill.stages import LOG, Stage
+from distill.storage import read_json_lines
+from ensembles.jobs import log_path
 
 RUN = ["data.name=synthetic",
        "data.options={classes: 24, groups: 4, dim: 32, train_per_class: 150, test_per_class: 10, noise: 2.0}",
@@ -28,12 +30,11 @@ def _sets(assignments):
 
 
 def _events(run_dir, name):
-    path = run_dir / "logs" / f"{name}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return read_json_lines(log_path(run_dir, name))
 
 
 def _stage_events(run_dir):
-    return [(e["stage"], e["event"]) for e in _events(run_dir, "stages")]
+    return [(e["stage"], e["event"]) for e in read_json_lines(run_dir / LOG)]
 
 
 def _mid_training(run_dir, names):
