@@ -58,11 +58,13 @@ def _wait_for(condition, timeout=120.0):
     raise AssertionError("timed out waiting for the run to reach the state under test")
 
 
-def _member_mid_training(run_dir, names, min_epoch=2):
-    """(name, last epoch event) of a member that finished `min_epoch` epochs but not all, if any."""
+def _member_mid_training(run_dir, names, min_epoch=2, max_epoch=None):
+    """(name, last epoch event) of a member that finished `min_epoch` epochs (and at most `max_epoch`) but not all,
+    if any."""
     for name in names:
         epochs = [e for e in _events(run_dir, name) if e["event"] == "epoch"]
-        if epochs and min_epoch <= epochs[-1]["epoch"] and not checkpoint_path(run_dir, name).exists():
+        done = epochs[-1]["epoch"] if epochs else 0
+        if epochs and min_epoch <= done <= (max_epoch or done) and not checkpoint_path(run_dir, name).exists():
             return name, epochs[-1]
     return None
 
@@ -149,7 +151,7 @@ def test_a_nan_loss_stops_the_fan_out_instead_of_being_retried(ray_cluster, data
 
 
 ENSEMBLE = ["data.name=synthetic", "data.options=" + json.dumps(OPTIONS), "ensemble.size=3", "specialists.count=0",
-            "teacher.model.kwargs={hidden: [256, 256]}", "teacher.train={epochs: 12, batch_size: 32, lr: 0.05}",
+            "teacher.model.kwargs={hidden: [256, 256]}", "teacher.train={epochs: 20, batch_size: 32, lr: 0.05}",
             "student.model.kwargs={hidden: [32]}", "student.train.epochs=3"]
 
 
@@ -166,8 +168,9 @@ def test_a_killed_driver_resumes_with_the_same_results(ray_cluster, tmp_path):
     names = [f"member_{i}" for i in range(3)]
 
     def one_finished_one_mid_training():
+        # At most 5 of 20 epochs: the member must not finish in the seconds Ray takes to end a dead driver's tasks.
         finished = [n for n in names if checkpoint_path(run_dir, n).exists()]
-        return finished and _member_mid_training(run_dir, names, min_epoch=1) and finished
+        return finished and _member_mid_training(run_dir, names, min_epoch=1, max_epoch=5) and finished
     finished = _wait_for(one_finished_one_mid_training, timeout=240)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
