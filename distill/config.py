@@ -47,6 +47,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "onecycle"
     augment_shift: int = 0
+    # Weights returned are the mean of the end-of-epoch weights of the last `average_last` epochs (stochastic weight
+    # averaging, Izmailov et al. 2018); 0 returns the last weights. The paper is silent here: this is our addition.
+    average_last: int = 0
 
     def validate(self, where: str) -> None:
         _require(self.epochs >= 1, f"{where}.epochs must be >= 1, got {self.epochs}")
@@ -57,6 +60,8 @@ class TrainConfig:
         _require(self.schedule in ("onecycle", "constant"),
                  f"{where}.schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
         _require(self.augment_shift >= 0, f"{where}.augment_shift must be >= 0, got {self.augment_shift}")
+        _require(0 <= self.average_last <= self.epochs,
+                 f"{where}.average_last must be in [0, epochs={self.epochs}], got {self.average_last}")
 
 
 @dataclass

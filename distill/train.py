@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from distill.config import LossWeights, TrainConfig
 from distill.data import translate_batch
@@ -86,37 +87,53 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: 
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
     optimizer = make_optimizer(model, config)
     scheduler = make_schedule(optimizer, config, steps_per_epoch=math.ceil(len(inputs) / config.batch_size))
-    history = restore_training_state(resume_from, model, optimizer, scheduler, generator) if resume_from else []
+    average = averaged_copy(model) if config.average_last else None
+    history = (restore_training_state(resume_from, model, optimizer, scheduler, generator, average)
+               if resume_from else [])
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
         loss = train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator)
         if not math.isfinite(loss):
             raise TrainingError(f"training loss became {loss} in epoch {epoch + 1}: lower the learning rate "
                                 f"(lr={config.lr}) or check the inputs")
+        if average is not None and epoch >= config.epochs - config.average_last:
+            average.update_parameters(model)
         record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started}
         history.append(record)
         if on_state is not None:  # first, so an epoch announced to on_epoch is one a resume can start after
-            on_state(training_state(model, optimizer, scheduler, generator, history))
+            on_state(training_state(model, optimizer, scheduler, generator, history, average))
         if on_epoch is not None:
             on_epoch(epoch + 1, record)
+    if average is not None:
+        model.load_state_dict(average.module.state_dict())
     return history
 
 
+def averaged_copy(model: nn.Module) -> AveragedModel:
+    """A running mean of `model`'s weights. Averaging keeps a max-norm constraint satisfied (each unit's ball is
+    convex); buffers are averaged too, since a model without batch norm has no statistics to recompute."""
+    return AveragedModel(model, use_buffers=True)
+
+
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, generator: torch.Generator,
-                   history: list[dict]) -> dict:
+                   history: list[dict], average: AveragedModel | None = None) -> dict:
     """Everything a resumed run needs to continue bit for bit: weights, optimizer and schedule, the batch-order
-    generator and the global RNG (dropout masks draw from it), and the epochs done so far."""
+    generator and the global RNG (dropout masks draw from it), the weight average, and the epochs done so far."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(), "history": list(history)}
     if generator.device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(generator.device)
+    if average is not None:
+        state["average"] = average.state_dict()
     return copy.deepcopy(state)  # state_dict() shares the live tensors, which the next epoch overwrites
 
 
 def restore_training_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                           generator: torch.Generator) -> list[dict]:
+                           generator: torch.Generator, average: AveragedModel | None = None) -> list[dict]:
     """Load a `training_state` into freshly built objects; returns the history of the epochs already done."""
     model.load_state_dict(state["model"])
+    if average is not None:
+        average.load_state_dict(state["average"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])

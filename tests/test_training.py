@@ -15,11 +15,12 @@ def digits():
     return load_dataset("digits", "unused")
 
 
-def _fit(data, seed=0, epochs=3, weights=None, targets=None, **train_kwargs):
+def _fit(data, seed=0, epochs=3, weights=None, targets=None, on_state=None, **train_kwargs):
     torch.manual_seed(seed)
     model = create_model("mlp", 10, data.input_shape, hidden=[32])
     config = TrainConfig(epochs=epochs, batch_size=64, lr=0.1, **train_kwargs)
-    history = train(model, data.x_train, data.y_train, config, weights or LossWeights(1.0, 0.0, 1.0), targets, seed)
+    history = train(model, data.x_train, data.y_train, config, weights or LossWeights(1.0, 0.0, 1.0), targets, seed,
+                    on_state=on_state)
     return model, history
 
 
@@ -32,9 +33,11 @@ def test_hard_label_training_learns_and_is_seeded(digits):
     torch.testing.assert_close(predict_logits(again, digits.x_test), predict_logits(model, digits.x_test))
 
 
-def test_training_resumed_from_a_saved_state_matches_an_uninterrupted_run(digits):
-    """Dropout draws from the global RNG, so the state must carry it too for the match to be exact."""
-    config = TrainConfig(epochs=4, batch_size=64, lr=0.1, augment_shift=1)
+@pytest.mark.parametrize("average_last", [0, 3])
+def test_training_resumed_from_a_saved_state_matches_an_uninterrupted_run(digits, average_last):
+    """Dropout draws from the global RNG, so the state must carry it too for the match to be exact; with weight
+    averaging the resume starts after the average has taken its first epoch."""
+    config = TrainConfig(epochs=4, batch_size=64, lr=0.1, augment_shift=1, average_last=average_last)
     states = []
 
     def fresh():
@@ -45,10 +48,25 @@ def test_training_resumed_from_a_saved_state_matches_an_uninterrupted_run(digits
     history = train(straight, digits.x_train, digits.y_train, config, seed=3, on_state=states.append)
     torch.manual_seed(99)  # whatever the process did in between must not matter
     resumed = fresh()
-    resumed_history = train(resumed, digits.x_train, digits.y_train, config, seed=3, resume_from=states[1])
+    resumed_history = train(resumed, digits.x_train, digits.y_train, config, seed=3, resume_from=states[2])
     assert [r["loss"] for r in resumed_history] == [r["loss"] for r in history]
     for name, tensor in straight.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_weight_averaging_returns_the_mean_of_the_last_epochs_weights(digits):
+    states = []
+    averaged, _ = _fit(digits, epochs=5, average_last=3, on_state=states.append)
+    for name, tensor in averaged.state_dict().items():
+        expected = torch.stack([state["model"][name] for state in states[-3:]]).mean(0)
+        torch.testing.assert_close(tensor, expected, msg=name)
+
+
+def test_averaging_only_the_last_epoch_returns_the_last_weights(digits):
+    last, _ = _fit(digits, epochs=3)
+    averaged, _ = _fit(digits, epochs=3, average_last=1)
+    for name, tensor in last.state_dict().items():
+        assert torch.equal(tensor, averaged.state_dict()[name]), name
 
 
 def test_student_learns_to_match_cached_soft_targets(digits):
