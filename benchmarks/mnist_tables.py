@@ -126,6 +126,9 @@ STUDENT_SCREEN = {
     "lr0.1": ("peak lr 0.1 instead of 0.05", ["student.train.lr=0.1"]),
     "temperature8": ("T = 8 instead of 20", ["student.loss.temperature=8.0"]),
     "temperature4": ("T = 4 instead of 20", ["student.loss.temperature=4.0"]),
+    # Seed noise: the same student with other seeds (the teacher is loaded, so only the student's seed changes).
+    "seed1": ("as configured, seed 1", ["seed=1"]),
+    "seed2": ("as configured, seed 2", ["seed=2"]),
     # A diagnostic, not the paper's row (its transfer set is not jittered): does the gap lie in what the student sees?
     "jitter2": ("inputs jittered by up to 2 pixels, the teacher run on each jittered batch",
                 ["student.train.augment_shift=2"]),
