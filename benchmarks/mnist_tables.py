@@ -114,7 +114,10 @@ TEACHER_VARIANTS = {
     "mnist_no_input_dropout_200": "no input dropout, 200 epochs",
     "mnist_no_input_dropout_300": "no input dropout, 300 epochs",
     "mnist_swa": "no input dropout, 200 epochs, mean of its weights over the last 60",
+    "mnist_no_input_dropout_200_seed1": "no input dropout, 200 epochs, seed 1 instead of 0",
 }
+# Runs whose folder is not named after their config: run name -> (config name, --set overrides).
+RUN_COMMANDS = {"mnist_no_input_dropout_200_seed1": ("mnist_no_input_dropout_200", ["seed=1"])}
 # How a variant's student differs from the T = 20 student of configs/mnist.yaml, where it does.
 STUDENT_CHANGES = {"mnist_swa": ", mean of its weights over its last 20 epochs"}
 # Student recipes distilled from one variant's teacher (runs in RUNS/student_screen/NAME): name -> (change, overrides).
@@ -161,7 +164,7 @@ def student_screen_rows(runs: Path, previous: list[dict]) -> list[dict]:
     table = []
     for name, (change, overrides) in STUDENT_SCREEN.items():
         sets = [f"teacher.checkpoint=runs/{SCREENED_TEACHER}/teacher.pt", *overrides]
-        command = _command(SCREEN_CONFIG) + "".join(f" --set {override}" for override in sets)
+        command = _command(SCREEN_CONFIG, sets)
         folder = runs / "student_screen" / name
         if not (folder / "metrics.json").is_file():
             table += kept_rows(previous, command)
@@ -178,8 +181,9 @@ def kept_rows(previous: list[dict], command: str) -> list[dict]:
     return [row for row in previous if row["command"] == command]
 
 
-def _command(config_name: str) -> str:
-    return f"distillery run configs/{config_name}.yaml"
+def _command(run_name: str, overrides: list[str] = ()) -> str:
+    config, sets = RUN_COMMANDS.get(run_name, (run_name, []))
+    return f"distillery run configs/{config}.yaml" + "".join(f" --set {o}" for o in [*sets, *overrides])
 
 
 def markdown(table: list[dict]) -> str:
