@@ -114,10 +114,12 @@ TEACHER_VARIANTS = {
     "mnist_no_input_dropout_200": "no input dropout, 200 epochs",
     "mnist_no_input_dropout_300": "no input dropout, 300 epochs",
     "mnist_swa": "no input dropout, 200 epochs, mean of its weights over the last 60",
-    "mnist_no_input_dropout_200_seed1": "no input dropout, 200 epochs, seed 1 instead of 0",
+    **{f"mnist_no_input_dropout_200_seed{seed}": f"no input dropout, 200 epochs, seed {seed} instead of 0"
+       for seed in (1, 2)},
 }
 # Runs whose folder is not named after their config: run name -> (config name, --set overrides).
-RUN_COMMANDS = {"mnist_no_input_dropout_200_seed1": ("mnist_no_input_dropout_200", ["seed=1"])}
+RUN_COMMANDS = {f"mnist_no_input_dropout_200_seed{seed}": ("mnist_no_input_dropout_200", [f"seed={seed}"])
+                for seed in (1, 2)}
 # How a variant's student differs from the T = 20 student of configs/mnist.yaml, where it does.
 STUDENT_CHANGES = {"mnist_swa": ", mean of its weights over its last 20 epochs"}
 # Student recipes distilled from one variant's teacher (runs in RUNS/student_screen/NAME): name -> (change, overrides).
