@@ -49,6 +49,7 @@ class TrainConfig:
     augment_shift: int = 0
     # Weights returned are the mean of the end-of-epoch weights of the last `average_last` epochs (stochastic weight
     # averaging, Izmailov et al. 2018); 0 returns the last weights. The paper is silent here: this is our addition.
+    # A training curve's test points are of the weights being trained, not of the average.
     average_last: int = 0
 
     def validate(self, where: str) -> None:
