@@ -137,8 +137,9 @@ STUDENT_SCREEN = {
     # A diagnostic, not the paper's row (its transfer set is not jittered): does the gap lie in what the student sees?
     "jitter2": ("inputs jittered by up to 2 pixels, the teacher run on each jittered batch",
                 ["student.train.augment_shift=2"]),
-    "jitter2_epochs120": ("inputs jittered as above, 120 epochs", ["student.train.augment_shift=2",
-                                                                 "student.train.epochs=120"]),
+    **{f"jitter2_epochs{epochs}": (f"inputs jittered as above, {epochs} epochs",
+                                   ["student.train.augment_shift=2", f"student.train.epochs={epochs}"])
+       for epochs in (120, 240)},
 }
 
 
