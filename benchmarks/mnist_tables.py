@@ -107,6 +107,7 @@ def _teacher_of(run: dict) -> str:
     return f"teacher {run['teacher']['checkpoint']}"
 
 
+OTHER_SEEDS = (1, 2)  # seeds run beside seed 0 to measure run-to-run noise
 # Teacher recipes beside configs/mnist.yaml: run name -> how its teacher differs. Each adds two rows when run.
 TEACHER_VARIANTS = {
     "mnist_long": "240 epochs instead of 120",
@@ -115,11 +116,11 @@ TEACHER_VARIANTS = {
     "mnist_no_input_dropout_300": "no input dropout, 300 epochs",
     "mnist_swa": "no input dropout, 200 epochs, mean of its weights over the last 60",
     **{f"mnist_no_input_dropout_200_seed{seed}": f"no input dropout, 200 epochs, seed {seed} instead of 0"
-       for seed in (1, 2)},
+       for seed in OTHER_SEEDS},
 }
 # Runs whose folder is not named after their config: run name -> (config name, --set overrides).
 RUN_COMMANDS = {f"mnist_no_input_dropout_200_seed{seed}": ("mnist_no_input_dropout_200", [f"seed={seed}"])
-                for seed in (1, 2)}
+                for seed in OTHER_SEEDS}
 # How a variant's student differs from the T = 20 student of configs/mnist.yaml, where it does.
 STUDENT_CHANGES = {"mnist_swa": ", mean of its weights over its last 20 epochs"}
 # Student recipes distilled from one variant's teacher (runs in RUNS/student_screen/NAME): name -> (change, overrides).
@@ -132,8 +133,7 @@ STUDENT_SCREEN = {
     "temperature8": ("T = 8 instead of 20", ["student.loss.temperature=8.0"]),
     "temperature4": ("T = 4 instead of 20", ["student.loss.temperature=4.0"]),
     # Seed noise: the same student with other seeds (the teacher is loaded, so only the student's seed changes).
-    "seed1": ("as configured, seed 1", ["seed=1"]),
-    "seed2": ("as configured, seed 2", ["seed=2"]),
+    **{f"seed{seed}": (f"as configured, seed {seed}", [f"seed={seed}"]) for seed in OTHER_SEEDS},
     # A diagnostic, not the paper's row (its transfer set is not jittered): does the gap lie in what the student sees?
     "jitter2": ("inputs jittered by up to 2 pixels, the teacher run on each jittered batch",
                 ["student.train.augment_shift=2"]),

@@ -64,7 +64,7 @@ def _member_mid_training(run_dir, names, min_epoch=2, max_epoch=None):
     for name in names:
         epochs = [e for e in _events(run_dir, name) if e["event"] == "epoch"]
         done = epochs[-1]["epoch"] if epochs else 0
-        if epochs and min_epoch <= done <= (max_epoch or done) and not checkpoint_path(run_dir, name).exists():
+        if min_epoch <= done <= (max_epoch or done) and not checkpoint_path(run_dir, name).exists():
             return name, epochs[-1]
     return None
 

@@ -1,17 +1,15 @@
 """Progress on the driver: stages announced, jobs' epochs, running and retried jobs read from their logs."""
 
-import json
-
 from distill.config import load_config
 from distill.pipeline import run
 from ensembles.fanout import JobStatus, job_status, progress_line
+from distill.storage import append_json_line
 from ensembles.jobs import JobResult, log_path
 
 
 def _log(run_dir, name, events):
-    path = log_path(run_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(event) + "\n" for event in events))
+    for event in events:
+        append_json_line(log_path(run_dir, name), event)
 
 
 def test_job_status_replays_the_log_and_counts_attempts_since_a_time(tmp_path):
