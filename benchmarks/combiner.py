@@ -33,7 +33,7 @@ import torch
 from distill.models import create_model
 from distill.provenance import git_sha, machine, versions
 from distill.storage import atomic_write_json
-from specialists.combine import active_specialists, objective, solve_em, solve_gradient, specialist_batch
+from specialists.eq5 import active_specialists, objective, solve_em, solve_gradient, specialist_batch
 
 RESULTS = Path(__file__).parent / "results" / "combiner.json"
 SOLVER_CASES = [{"classes": 1_000, "specialists": 20, "size": 50, "batch": 256},

@@ -22,7 +22,7 @@ import torch
 from distill.config import ClusterConfig, ModelSpec, TrainConfig
 from distill.data import load_dataset
 from distill.provenance import git_sha, machine
-from ensembles.cluster import ray_session
+from ensembles.ray_connection import ray_session
 from ensembles.fanout import train_jobs
 from ensembles.jobs import JobData, TrainJob
 

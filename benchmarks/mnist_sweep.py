@@ -46,7 +46,7 @@ STUDENT_RUNS = {
 
 def cli_command(config: str, out: Path, data_root: str, overrides: list[str]) -> list[str]:
     """`distillery run CONFIG --out OUT --data-root ROOT --set ...` with this interpreter's installation."""
-    command = [sys.executable, "-m", "distill.cli", "run", config, "--out", str(out), "--data-root", data_root]
+    command = [sys.executable, "-m", "distillery", "run", config, "--out", str(out), "--data-root", data_root]
     return command + [arg for override in overrides for arg in ("--set", override)]
 
 

@@ -6,17 +6,25 @@ rejecting unknown keys, wrong types and impossible values with a ConfigError nam
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from distill.errors import ConfigError
+from distill.records import from_plain, to_plain
+
+# The allowed values of each choice, defined once: validation reads them from the field types, and the modules that
+# act on a choice take the same alias (`typing.get_args(Schedule)` lists the values).
+Device = Literal["cpu", "cuda", "auto"]
+Schedule = Literal["onecycle", "constant"]
+EnsembleMethod = Literal["arithmetic", "geometric"]  # how ensemble members' distributions are combined
+Executor = Literal["ray", "local"]
+AffinitySource = Literal["covariance", "confusion"]  # what the specialists' classes are clustered on
+KMeansAlgorithm = Literal["kmeans", "online"]
+Eq5Solver = Literal["em", "gradient"]
 
 
 @dataclass
@@ -45,7 +53,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0
-    schedule: str = "onecycle"
+    schedule: Schedule = "onecycle"
     augment_shift: int = 0
     # Weights returned are the mean of the end-of-epoch weights of the last `average_last` epochs (stochastic weight
     # averaging, Izmailov et al. 2018); 0 returns the last weights. The paper is silent here: this is our addition.
@@ -58,8 +66,6 @@ class TrainConfig:
         _require(self.lr > 0, f"{where}.lr must be > 0, got {self.lr}")
         _require(0 <= self.momentum < 1, f"{where}.momentum must be in [0, 1), got {self.momentum}")
         _require(self.weight_decay >= 0, f"{where}.weight_decay must be >= 0, got {self.weight_decay}")
-        _require(self.schedule in ("onecycle", "constant"),
-                 f"{where}.schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
         _require(self.augment_shift >= 0, f"{where}.augment_shift must be >= 0, got {self.augment_shift}")
         _require(0 <= self.average_last <= self.epochs,
                  f"{where}.average_last must be in [0, epochs={self.epochs}], got {self.average_last}")
@@ -86,13 +92,11 @@ class EnsembleConfig:
 
     size: int = 1
     models: list[ModelSpec] = field(default_factory=list)
-    combine: str = "arithmetic"
+    combine: EnsembleMethod = "arithmetic"
     weights: list[float] | None = None
 
     def validate(self) -> None:
         _require(self.size >= 1, f"ensemble.size must be >= 1, got {self.size}")
-        _require(self.combine in ("arithmetic", "geometric"),
-                 f"ensemble.combine must be arithmetic or geometric, got {self.combine!r}")
         _require(self.weights is None or len(self.weights) == self.size,
                  f"ensemble.weights needs one weight per member ({self.size}), got {self.weights}")
         _require(self.weights is None or (min(self.weights) >= 0 and sum(self.weights) > 0),
@@ -110,14 +114,13 @@ class ClusterConfig:
     transfer sets are computed in shards of `shard_rows` rows, in parallel.
     """
 
-    executor: str = "ray"
+    executor: Executor = "ray"
     num_cpus: float | None = None
     num_gpus: float = 0.0
     max_retries: int = 3
     shard_rows: int = 20000
 
     def validate(self) -> None:
-        _require(self.executor in ("ray", "local"), f"cluster.executor must be ray or local, got {self.executor!r}")
         _require(self.num_cpus is None or self.num_cpus > 0, f"cluster.num_cpus must be > 0, got {self.num_cpus}")
         _require(self.num_gpus >= 0, f"cluster.num_gpus must be >= 0, got {self.num_gpus}")
         _require(self.max_retries >= 0, f"cluster.max_retries must be >= 0, got {self.max_retries}")
@@ -192,22 +195,18 @@ class ClusteringConfig:
     centre and filled up to `min_size`.
     """
 
-    source: str = "covariance"
+    source: AffinitySource = "covariance"
     temperature: float = 2.0
     top_k: int | None = None
     normalize: bool = True
-    algorithm: str = "kmeans"
+    algorithm: KMeansAlgorithm = "kmeans"
     overlap: int = 1
     min_size: int = 2
     max_size: int | None = None
 
     def validate(self, count: int) -> None:
-        _require(self.source in ("covariance", "confusion"),
-                 f"specialists.clustering.source must be covariance or confusion, got {self.source!r}")
         _require(self.temperature > 0, f"specialists.clustering.temperature must be > 0, got {self.temperature}")
         _require(self.top_k is None or self.top_k >= 1, f"specialists.clustering.top_k must be >= 1, got {self.top_k}")
-        _require(self.algorithm in ("kmeans", "online"),
-                 f"specialists.clustering.algorithm must be kmeans or online, got {self.algorithm!r}")
         _require(1 <= self.overlap <= max(1, count),
                  f"specialists.clustering.overlap must be in [1, specialists.count={count}], got {self.overlap}")
         _require(self.min_size >= 1, f"specialists.clustering.min_size must be >= 1, got {self.min_size}")
@@ -233,7 +232,7 @@ class SpecialistsConfig:
                                                                    schedule="constant"))
     dustbin_correction: bool = True
     top_n: int = 1
-    solver: str = "em"
+    solver: Eq5Solver = "em"
     targets_top_k: int | None = None
 
     def validate(self) -> None:
@@ -241,7 +240,6 @@ class SpecialistsConfig:
         self.clustering.validate(self.count)
         self.train.validate("specialists.train")
         _require(self.top_n >= 1, f"specialists.top_n must be >= 1, got {self.top_n}")
-        _require(self.solver in ("em", "gradient"), f"specialists.solver must be em or gradient, got {self.solver!r}")
         _require(self.targets_top_k is None or self.targets_top_k >= 1,
                  f"specialists.targets_top_k must be >= 1, got {self.targets_top_k}")
 
@@ -252,7 +250,7 @@ class RunConfig:
     a distilled student and a hard-label baseline."""
 
     seed: int = 0
-    device: str = "cpu"
+    device: Device = "cpu"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
@@ -261,12 +259,10 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     bias: BiasConfig = field(default_factory=BiasConfig)
-    # The embedded default (the demo) shows the whole design: a generalist and three specialists on digits.
-    specialists: SpecialistsConfig = field(default_factory=lambda: SpecialistsConfig(count=3))
+    specialists: SpecialistsConfig = field(default_factory=SpecialistsConfig)
 
     def validate(self) -> None:
         _require(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
-        _require(self.device in ("cpu", "cuda", "auto"), f"device must be cpu, cuda or auto, got {self.device!r}")
         self.teacher.train.validate("teacher.train")
         self.student.train.validate("student.train")
         self.student.loss.validate("student.loss")
@@ -294,61 +290,12 @@ def _require(condition: bool, message: str) -> None:
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
-    """Build dataclass `cls` from plain data, checking every key and type; errors name the dotted key."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else str(unknown[0])
-        raise ConfigError(f"unknown config key '{key}' (known: {', '.join(sorted(names))})")
-    values = {name: _coerce(hints[name], value, f"{where}.{name}" if where else name) for name, value in data.items()}
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, key)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        (inner,) = [option for option in options if option is not type(None)]
-        return _coerce(inner, value, key)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        (item,) = typing.get_args(hint)
-        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
-        key_type, value_type = typing.get_args(hint)
-        return {_coerce(key_type, k, f"{key}.{k}"): _coerce(value_type, v, f"{key}.{k}") for k, v in value.items()}
-    return _coerce_scalar(hint, value, key)
-
-
-def _coerce_scalar(hint: Any, value: Any, key: str) -> Any:
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, str) and value.lstrip("-").isdigit():
-        return int(value)  # YAML mapping keys such as class ids arrive as strings from --set
-    if hint is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; users mean a number
-        except ValueError:
-            pass
-    if (hint in (int, float) and isinstance(value, bool)) or not isinstance(value, hint):  # bool is an int
-        raise ConfigError(f"config key '{key}' must be {hint.__name__}, got {value!r}")
-    return value
+    """Build config dataclass `cls` from plain data, checking every key and type; errors name the dotted key."""
+    return from_plain(cls, data, label="config key", error=ConfigError, where=where)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    return to_plain(config)
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -6,6 +6,7 @@ int64 labels, and, where the data set knows one, the coarse group of each class.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import zipfile
@@ -36,6 +37,10 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    def to(self, device: str | torch.device) -> Dataset:
+        return dataclasses.replace(self, **{name: getattr(self, name).to(device)
+                                            for name in ("x_train", "y_train", "x_test", "y_test")})
 
     def fingerprint(self) -> str:
         """A hash of the examples themselves: a changed data file changes it even under the same config."""

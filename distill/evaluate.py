@@ -2,27 +2,57 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 
-def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, list]:
-    """The reliability diagram's data over `bins` equal-width confidence bins: per bin the number of examples,
-    their mean top-1 confidence and their top-1 accuracy (0 where a bin is empty). probs (N, C), labels (N,)."""
+@dataclass
+class Reliability:
+    """A reliability diagram's data over equal-width confidence bins: per bin the number of examples, their mean
+    top-1 confidence and their top-1 accuracy (0 where a bin is empty)."""
+
+    count: list[int]
+    confidence: list[float]
+    accuracy: list[float]
+
+
+@dataclass
+class ModelMetrics:
+    """What is measured of one model on the test set: metrics.json's entry for each model.
+
+    agreement (top-1) and kl_to_teacher (mean KL(teacher || model)) are measured against the model the students
+    learn from, for students only; train_seconds is set for the models the run trained.
+    """
+
+    accuracy: float
+    errors: int
+    nll: float
+    ece: float
+    reliability: Reliability
+    per_class_errors: list[int]
+    agreement: float | None = None
+    kl_to_teacher: float | None = None
+    train_seconds: float | None = None
+
+
+def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> Reliability:
+    """The reliability diagram's data of probs (N, C) against labels (N,) over `bins` confidence bins."""
     confidence, predicted = probs.max(dim=1)
     correct = (predicted == labels).float()
     bin_index = (confidence * bins).long().clamp_(max=bins - 1)
     count = torch.bincount(bin_index, minlength=bins).float()
     per_bin = count.clamp(min=1)
-    return {"count": count.long().tolist(),
-            "confidence": (torch.bincount(bin_index, weights=confidence, minlength=bins) / per_bin).tolist(),
-            "accuracy": (torch.bincount(bin_index, weights=correct, minlength=bins) / per_bin).tolist()}
+    return Reliability(count.long().tolist(),
+                       (torch.bincount(bin_index, weights=confidence, minlength=bins) / per_bin).tolist(),
+                       (torch.bincount(bin_index, weights=correct, minlength=bins) / per_bin).tolist())
 
 
-def calibration_error(table: dict[str, list]) -> float:
+def calibration_error(table: Reliability) -> float:
     """ECE = sum_b |B|/N * |accuracy(B) - confidence(B)| over the bins of a `reliability` table."""
-    count, accuracy, confidence = (torch.tensor(table[key], dtype=torch.float64)
-                                   for key in ("count", "accuracy", "confidence"))
+    count, accuracy, confidence = (torch.tensor(values, dtype=torch.float64)
+                                   for values in (table.count, table.accuracy, table.confidence))
     return ((count * (accuracy - confidence).abs()).sum() / count.sum()).item()
 
 
@@ -32,7 +62,7 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
-                           teacher_logits: torch.Tensor | None = None) -> dict:
+                           teacher_logits: torch.Tensor | None = None) -> ModelMetrics:
     """Accuracy, errors, NLL, ECE, its reliability bins and per-class errors; with a teacher, top-1 agreement
     and mean KL(teacher || model)."""
     logits, labels = logits.float().cpu(), labels.cpu()
@@ -41,18 +71,13 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
     wrong = predicted != labels
     num_classes = logits.shape[1]
     bins = reliability(log_probs.exp(), labels)
-    metrics = {
-        "accuracy": 1.0 - wrong.float().mean().item(),
-        "errors": int(wrong.sum()),
-        "nll": F.nll_loss(log_probs, labels).item(),
-        "ece": calibration_error(bins),
-        "reliability": bins,
-        "per_class_errors": torch.bincount(labels[wrong], minlength=num_classes).tolist(),
-    }
+    metrics = ModelMetrics(accuracy=1.0 - wrong.float().mean().item(), errors=int(wrong.sum()),
+                           nll=F.nll_loss(log_probs, labels).item(), ece=calibration_error(bins), reliability=bins,
+                           per_class_errors=torch.bincount(labels[wrong], minlength=num_classes).tolist())
     if teacher_logits is not None:
         teacher_log_probs = F.log_softmax(teacher_logits.float().cpu(), dim=1)
-        metrics["agreement"] = (teacher_log_probs.argmax(dim=1) == predicted).float().mean().item()
-        metrics["kl_to_teacher"] = F.kl_div(log_probs, teacher_log_probs, log_target=True, reduction="batchmean").item()
+        metrics.agreement = (teacher_log_probs.argmax(dim=1) == predicted).float().mean().item()
+        metrics.kl_to_teacher = F.kl_div(log_probs, teacher_log_probs, log_target=True, reduction="batchmean").item()
     return metrics
 
 

@@ -23,10 +23,22 @@ from distill.data import translate_batch
 from distill.errors import TrainingError
 from distill.losses import distillation_loss, softmax_at
 from distill.memory import retain_freed_memory
+from distill.records import to_plain
 
 log = logging.getLogger(__name__)
 
 HARD_LABELS = LossWeights(temperature=1.0, w_soft=0.0, w_hard=1.0)
+
+
+@dataclass
+class EpochRecord:
+    """One epoch of a training curve: its mean training loss and seconds, and the test accuracy at the curve's
+    points (set by whoever evaluates there, ensembles.jobs; never used to choose a model)."""
+
+    epoch: int
+    loss: float
+    seconds: float
+    test_accuracy: float | None = None
 
 
 @dataclass
@@ -68,15 +80,15 @@ class TopKSoftTargets:
         return TopKSoftTargets(self.probs.to(device), self.classes.to(device), self.num_classes)
 
 
-EpochCallback = Callable[[int, dict], None]
+EpochCallback = Callable[[int, EpochRecord], None]
 StateCallback = Callable[[dict], None]
 
 
 def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
           weights: LossWeights = HARD_LABELS, targets: SoftTargets | TopKSoftTargets | None = None, seed: int = 0,
           on_epoch: EpochCallback | None = None, on_state: StateCallback | None = None,
-          resume_from: dict | None = None) -> list[dict]:
-    """Train `model` in place; returns one record per epoch (loss, seconds). Raises TrainingError on NaN.
+          resume_from: dict | None = None) -> list[EpochRecord]:
+    """Train `model` in place; returns one record per epoch. Raises TrainingError on NaN.
 
     After every epoch `on_state` receives the whole training state (see `training_state`); passing such a state
     as `resume_from` continues from that epoch exactly as if training had not stopped.
@@ -98,7 +110,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: 
                                 f"(lr={config.lr}) or check the inputs")
         if average is not None and epoch >= config.epochs - config.average_last:
             average.update_parameters(model)
-        record = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - started}
+        record = EpochRecord(epoch + 1, loss, time.perf_counter() - started)
         history.append(record)
         if on_state is not None:  # first, so an epoch announced to on_epoch is one a resume can start after
             on_state(training_state(model, optimizer, scheduler, generator, history, average))
@@ -116,11 +128,12 @@ def averaged_copy(model: nn.Module) -> AveragedModel:
 
 
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, generator: torch.Generator,
-                   history: list[dict], average: AveragedModel | None = None) -> dict:
+                   history: list[EpochRecord], average: AveragedModel | None = None) -> dict:
     """Everything a resumed run needs to continue bit for bit: weights, optimizer and schedule, the batch-order
     generator and the global RNG (dropout masks draw from it), the weight average, and the epochs done so far."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(), "history": list(history)}
+             "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(),
+             "history": [to_plain(record) for record in history]}
     if generator.device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(generator.device)
     if average is not None:
@@ -129,7 +142,7 @@ def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler
 
 
 def restore_training_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                           generator: torch.Generator, average: AveragedModel | None = None) -> list[dict]:
+                           generator: torch.Generator, average: AveragedModel | None = None) -> list[EpochRecord]:
     """Load a `training_state` into freshly built objects; returns the history of the epochs already done."""
     model.load_state_dict(state["model"])
     if average is not None:
@@ -140,7 +153,7 @@ def restore_training_state(state: dict, model: nn.Module, optimizer: torch.optim
     torch.set_rng_state(state["cpu_rng"])
     if "cuda_rng" in state:
         torch.cuda.set_rng_state(state["cuda_rng"], generator.device)
-    return list(state["history"])
+    return [EpochRecord(**record) for record in state["history"]]
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, inputs: torch.Tensor,

@@ -17,39 +17,47 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import ray
 import torch
 from ray.exceptions import RayError, RayTaskError
-from tqdm import tqdm
 
 from distill.checkpoint import load_checkpoint
 from distill.config import ClusterConfig
 from distill.errors import ConfigError, DistilleryError, TrainingError
-from distill.storage import read_json_lines
 from distill.train import predict_logits
-from ensembles.jobs import JobData, JobResult, TrainJob, log_path, run_job
+from ensembles.jobs import JobData, JobResult, TrainJob, run_job
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 
 
+# Called with the jobs finished so far after every epoch (local) or poll (Ray): a progress display hooks in here.
+Watch = Callable[[dict[str, JobResult]], None]
+
+
 def train_jobs(jobs: list[tuple[TrainJob, JobData]], run_dir: str | Path, cluster: ClusterConfig,
-               progress: bool = False, label: str = "training") -> dict[str, JobResult]:
-    """Train every job (or reuse / resume it from the run folder); returns results by job name.
+               watch: Watch | None = None) -> dict[str, JobResult]:
+    """Train every job (or reuse / resume it from the run folder); returns results by job name, in job order.
 
     The "local" executor runs them one after another in this process; "ray" runs them as Ray tasks, each with
     the CPUs and GPUs of `task_resources`. Errors that retrying cannot fix stop the run with the job's own message.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    shown = _Progress(run_dir, jobs, progress, label)
+    watch = watch or (lambda finished: None)
     if cluster.executor == "local":
-        return _train_here(jobs, run_dir, shown)
+        finished = _train_here(jobs, run_dir, watch)
+    else:
+        finished = _train_on_ray(jobs, run_dir, cluster, watch)
+    return {job.name: finished[job.name] for job, _ in jobs}
+
+
+def _train_on_ray(jobs: list[tuple[TrainJob, JobData]], run_dir: Path, cluster: ClusterConfig,
+                  watch: Watch) -> dict[str, JobResult]:
     num_cpus, num_gpus = task_resources(cluster, len(jobs))
     task = ray.remote(_train_on_worker).options(num_cpus=num_cpus, num_gpus=num_gpus,
                                                 max_retries=cluster.max_retries, retry_exceptions=False)
@@ -59,7 +67,7 @@ def train_jobs(jobs: list[tuple[TrainJob, JobData]], run_dir: str | Path, cluste
         if id(data) not in shared:
             shared[id(data)] = ray.put(_moved(data, "cpu"))
         pending[task.remote(job, shared[id(data)], str(run_dir), num_cpus, num_gpus)] = job.name
-    return _collect(pending, cluster.max_retries, shown)
+    return _collect(pending, cluster.max_retries, watch)
 
 
 def task_resources(cluster: ClusterConfig, tasks: int, nodes: list[dict] | None = None) -> tuple[float, float]:
@@ -99,55 +107,31 @@ def _moved(data: JobData, device: str) -> JobData:
     return JobData(data.inputs.to(device), data.labels.to(device), targets, evaluation)
 
 
-def _collect(pending: dict, max_retries: int, shown: _Progress) -> dict[str, JobResult]:
-    """Wait for all tasks, showing progress from their logs; on an unfixable error cancel the rest and raise."""
-    with shown:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
-            for ref in done:
-                name = pending.pop(ref)
-                try:
-                    shown.finished[name] = _result(ref, name, max_retries)
-                except DistilleryError:
-                    for other in pending:
-                        ray.cancel(other, force=True)
-                    raise
-                log.info("%s: %s", name, _describe(shown.finished[name]))
-            shown.refresh()
-    return shown.finished
+def _collect(pending: dict, max_retries: int, watch: Watch) -> dict[str, JobResult]:
+    """Wait for all tasks; on an unfixable error cancel the rest and raise."""
+    finished: dict[str, JobResult] = {}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
+        for ref in done:
+            name = pending.pop(ref)
+            try:
+                finished[name] = _result(ref, name, max_retries)
+            except DistilleryError:
+                for other in pending:
+                    ray.cancel(other, force=True)
+                raise
+            log.info("%s: %s", name, _describe(finished[name]))
+        watch(finished)
+    return finished
 
 
-def _train_here(jobs: list[tuple[TrainJob, JobData]], run_dir: Path, shown: _Progress) -> dict[str, JobResult]:
-    """The local executor: one job after another in this process, with the same progress bar."""
-    with shown:
-        for job, data in jobs:
-            shown.finished[job.name] = run_job(job, data, run_dir, on_epoch=lambda *_: shown.refresh())
-            shown.refresh()
-    return shown.finished
-
-
-class _Progress:
-    """The driver's bar for one training stage: epochs over all its jobs and `progress_line`, read from the
-    jobs' logs; a no-op when not on a terminal (reading every log costs time only worth spending there)."""
-
-    def __init__(self, run_dir: Path, jobs: list[tuple[TrainJob, JobData]], enabled: bool, label: str):
-        self.run_dir, self.names, self.since = run_dir, [job.name for job, _ in jobs], time.time()
-        self.finished: dict[str, JobResult] = {}
-        self.bar = tqdm(total=sum(job.train.epochs for job, _ in jobs), desc=label, unit="epoch",
-                        disable=not enabled)
-
-    def refresh(self) -> None:
-        if self.bar.disable:
-            return
-        statuses = {name: job_status(self.run_dir, name, self.since) for name in self.names}
-        self.bar.update(sum(status.epochs for status in statuses.values()) - self.bar.n)
-        self.bar.set_postfix_str(progress_line(statuses, self.finished))  # redraws, also when no epoch ended
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.close()
+def _train_here(jobs: list[tuple[TrainJob, JobData]], run_dir: Path, watch: Watch) -> dict[str, JobResult]:
+    """The local executor: one job after another in this process."""
+    finished: dict[str, JobResult] = {}
+    for job, data in jobs:
+        finished[job.name] = run_job(job, data, run_dir, on_epoch=lambda *_: watch(finished))
+        watch(finished)
+    return finished
 
 
 def _result(ref, name: str, max_retries: int) -> JobResult:
@@ -168,43 +152,6 @@ def _describe(result: JobResult) -> str:
         return "reused the finished checkpoint"
     resumed = f", resumed from epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""
     return f"trained in {result.train_seconds:.1f}s{resumed}"
-
-
-@dataclass
-class JobStatus:
-    """What a job's log says: the epochs its current weights have been trained for (a reused checkpoint counts
-    in full, a restart from scratch counts from 0 again), and how many attempts started or resumed it since a
-    given time (more than one: its worker or node died and Ray ran it again)."""
-
-    epochs: int = 0
-    attempts: int = 0
-
-
-def job_status(run_dir: Path, name: str, since: float = 0.0) -> JobStatus:
-    """Replay job `name`'s log in order; attempts count only those started at or after `since` (this driver's
-    start: a log also holds the attempts of earlier runs of the same folder)."""
-    status = JobStatus()
-    for event in read_json_lines(log_path(run_dir, name)):
-        kind = event["event"]
-        if kind in ("start", "resume", "epoch", "reused"):
-            status.epochs = event.get("epoch", 0)
-        if kind in ("start", "resume") and event.get("time", 0.0) >= since:
-            status.attempts += 1
-    return status
-
-
-def progress_line(statuses: dict[str, JobStatus], finished: dict[str, JobResult]) -> str:
-    """The progress bar's summary: how many finished, which run now (with their epoch), which were retried
-    (statuses counted since this driver started)."""
-    running = [f"{name}@{status.epochs}" for name, status in statuses.items()
-               if status.attempts and name not in finished]
-    retried = [name for name, status in statuses.items() if status.attempts > 1]
-    parts = [f"{len(finished)}/{len(statuses)} done"]
-    if running:
-        parts.append("running " + " ".join(running[:4]) + (f" +{len(running) - 4}" if len(running) > 4 else ""))
-    if retried:
-        parts.append("retried " + " ".join(retried))
-    return ", ".join(parts)
 
 
 def predict_all(paths: dict[str, Path], inputs: torch.Tensor, cluster: ClusterConfig) -> dict[str, torch.Tensor]:

@@ -24,9 +24,10 @@ from torch import nn
 from distill.checkpoint import checksum_path, load_checkpoint, save_checkpoint
 from distill.config import LossWeights, ModelSpec, TrainConfig, to_dict
 from distill.errors import CheckpointError
-from distill.models import create_model
-from distill.storage import append_json_line, atomic_torch_save
-from distill.train import HARD_LABELS, SoftTargets, predict_logits, train
+from distill.models import create_model, freeze
+from distill.records import to_plain
+from distill.storage import append_json_line, atomic_torch_save, read_json_lines
+from distill.train import HARD_LABELS, EpochRecord, SoftTargets, TopKSoftTargets, predict_logits, train
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +60,36 @@ class JobData:
 
     inputs: torch.Tensor
     labels: torch.Tensor
-    targets: SoftTargets | None = None
+    targets: SoftTargets | TopKSoftTargets | None = None
     evaluation: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
 class JobResult:
+    """How a job ended: its checkpoint's checksum, its training curve and seconds (over all attempts), and whether
+    it resumed an earlier attempt or reused a finished checkpoint."""
+
     name: str
     checksum: str
-    history: list[dict]
+    history: list[EpochRecord]
     train_seconds: float
     resumed_from_epoch: int = 0
     reused: bool = False
+
+
+@dataclass
+class TrainedModel:
+    """A finished model, loaded from its verified checkpoint and frozen: a job's, or a teacher checkpoint given by
+    the user."""
+
+    name: str
+    model: nn.Module
+    spec: ModelSpec
+    path: Path
+    checksum: str
+    seed: int
+    num_classes: int
+    input_shape: tuple[int, ...]
 
 
 def checkpoint_path(run_dir: Path, name: str) -> Path:
@@ -99,11 +118,11 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
     done = len(resume_from["history"]) if resume_from else 0
     _log_event(run_dir, job.name, {"event": "resume" if done else "start", "epoch": done})
 
-    def record_epoch(epoch: int, record: dict) -> None:
+    def record_epoch(epoch: int, record: EpochRecord) -> None:
         if data.evaluation is not None and _is_curve_point(epoch, job.train.epochs):
             x, y = data.evaluation
-            record["test_accuracy"] = (predict_logits(model, x).argmax(1) == y).float().mean().item()
-        _log_event(run_dir, job.name, {"event": "epoch", **record})
+            record.test_accuracy = (predict_logits(model, x).argmax(1) == y).float().mean().item()
+        _log_event(run_dir, job.name, {"event": "epoch", **to_plain(record)})
         if on_epoch is not None:
             on_epoch(job.name, epoch, record)
 
@@ -111,10 +130,11 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
                     on_epoch=record_epoch, on_state=lambda state: atomic_torch_save(state_path,
                                                                                     {**state, "inputs": job.inputs}),
                     resume_from=resume_from)
-    seconds = sum(record["seconds"] for record in history)  # over all attempts, without curve evaluations
+    seconds = sum(record.seconds for record in history)  # over all attempts, without curve evaluations
     checksum = save_checkpoint(final, model, to_dict(job.spec), num_classes=job.num_classes,
                                input_shape=job.input_shape, seed=job.seed, config=job.config,
-                               extra={"history": history, "train_seconds": seconds, "inputs": job.inputs})
+                               extra={"history": [to_plain(record) for record in history], "train_seconds": seconds,
+                                      "inputs": job.inputs})
     state_path.unlink(missing_ok=True)
     return JobResult(job.name, checksum, history, seconds, resumed_from_epoch=done)
 
@@ -133,7 +153,8 @@ def _reuse(job: TrainJob, final: Path, run_dir: Path) -> JobResult | None:
         checksum_path(final).unlink()
         return None
     _log_event(run_dir, job.name, {"event": "reused", "epoch": len(payload["history"]), "checksum": payload["sha256"]})
-    return JobResult(job.name, payload["sha256"], payload["history"], payload["train_seconds"], reused=True)
+    history = [EpochRecord(**record) for record in payload["history"]]
+    return JobResult(job.name, payload["sha256"], history, payload["train_seconds"], reused=True)
 
 
 def _stale(run_dir: Path, name: str, path: Path, what: str) -> None:
@@ -144,10 +165,16 @@ def _stale(run_dir: Path, name: str, path: Path, what: str) -> None:
                 "changed; or it predates input fingerprints): training it again", name, what, path.name)
 
 
-def load_job_model(run_dir: str | Path, name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, str]:
-    """The finished model of job `name` and its verified checksum."""
-    model, payload = load_checkpoint(checkpoint_path(run_dir, name), device)
-    return model, payload["sha256"]
+def load_trained(path: str | Path, name: str, device: str | torch.device = "cpu") -> TrainedModel:
+    """The model of checkpoint `path`, verified and frozen, as model `name` of the run."""
+    model, payload = load_checkpoint(path, device)
+    return TrainedModel(name, freeze(model), ModelSpec(**payload["model"]), Path(path), payload["sha256"],
+                        payload["seed"], payload["num_classes"], tuple(payload["input_shape"]))
+
+
+def load_job_model(run_dir: str | Path, name: str, device: str | torch.device = "cpu") -> TrainedModel:
+    """The finished model of job `name`."""
+    return load_trained(checkpoint_path(run_dir, name), name, device)
 
 
 def _is_curve_point(epoch: int, epochs: int) -> bool:
@@ -157,6 +184,29 @@ def _is_curve_point(epoch: int, epochs: int) -> bool:
 def log_path(run_dir: str | Path, name: str) -> Path:
     """Job `name`'s log: one JSON line per event (start, resume, epoch, reused, stale)."""
     return Path(run_dir) / "logs" / f"{name}.jsonl"
+
+
+@dataclass
+class JobStatus:
+    """What a job's log says: the epochs its current weights have been trained for (a reused checkpoint counts
+    in full, a restart from scratch counts from 0 again), and how many attempts started or resumed it since a
+    given time (more than one: its worker or node died and Ray ran it again)."""
+
+    epochs: int = 0
+    attempts: int = 0
+
+
+def job_status(run_dir: Path, name: str, since: float = 0.0) -> JobStatus:
+    """Replay job `name`'s log in order; attempts count only those started at or after `since` (a driver's
+    start: a log also holds the attempts of earlier runs of the same folder)."""
+    status = JobStatus()
+    for event in read_json_lines(log_path(run_dir, name)):
+        kind = event["event"]
+        if kind in ("start", "resume", "epoch", "reused"):
+            status.epochs = event.get("epoch", 0)
+        if kind in ("start", "resume") and event.get("time", 0.0) >= since:
+            status.attempts += 1
+    return status
 
 
 def _log_event(run_dir: Path, name: str, event: dict) -> None:

@@ -19,26 +19,47 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-ALGORITHMS = ("kmeans", "online")
+from distill.config import AffinitySource, KMeansAlgorithm
+from distill.records import check_choice
 
 
 @dataclass
 class Subsets:
-    """Sorted class ids of each specialist's subset, and each class's k-means cluster (its nearest centre)."""
+    """The specialists' special subsets, and how they were found: the one record of a run's clustering, saved as
+    `specialists/subsets.json` and repeated in metrics.json (`specialists.clustering`).
+
+    `subsets` holds the sorted class ids of each specialist's subset, `clusters` each class's k-means cluster (its
+    nearest centre), so it has one entry per class. The rest is filled in by `specialists.clustering` for a run
+    (a bare `find_subsets` leaves it unset): what the classes were clustered on, the probability mass a top-k
+    covariance dropped, the adjusted Rand index against the data set's known groups, and the seconds it took.
+    """
 
     subsets: list[list[int]]
     clusters: list[int]
+    source: AffinitySource | None = None
+    covariance_dropped_mass: float | None = None
+    ari: float | None = None
+    seconds: float | None = None
 
-    def coverage(self, num_classes: int) -> torch.Tensor:
+    @property
+    def sizes(self) -> list[int]:
+        return [len(subset) for subset in self.subsets]
+
+    def coverage(self) -> torch.Tensor:
         """How many subsets hold each class: (C,) int64."""
-        counts = torch.zeros(num_classes, dtype=torch.long)
+        counts = torch.zeros(len(self.clusters), dtype=torch.long)
         for subset in self.subsets:
             counts[subset] += 1
         return counts
 
-    def membership(self, num_classes: int) -> torch.Tensor:
+    @property
+    def uncovered_classes(self) -> int:
+        """Classes in no subset: the combiner answers for them with the generalist alone."""
+        return int((self.coverage() == 0).sum())
+
+    def membership(self) -> torch.Tensor:
         """(M, C) bool: row m marks the classes of subset m."""
-        member = torch.zeros(len(self.subsets), num_classes, dtype=torch.bool)
+        member = torch.zeros(len(self.subsets), len(self.clusters), dtype=torch.bool)
         for m, subset in enumerate(self.subsets):
             member[m, subset] = True
         return member
@@ -59,7 +80,7 @@ def normalised_columns(affinity: torch.Tensor) -> torch.Tensor:
 
 
 def find_subsets(affinity: torch.Tensor, count: int, overlap: int = 1, min_size: int = 1,
-                 max_size: int | None = None, algorithm: str = "kmeans", seed: int = 0) -> Subsets:
+                 max_size: int | None = None, algorithm: KMeansAlgorithm = "kmeans", seed: int = 0) -> Subsets:
     """`count` subsets of the C classes from the columns of `affinity` (C, C), deterministic under `seed`.
 
     algorithm "kmeans" is Lloyd's k-means with 4 seeded restarts; "online" is mini-batch k-means, the paper's
@@ -70,15 +91,14 @@ def find_subsets(affinity: torch.Tensor, count: int, overlap: int = 1, min_size:
         raise ValueError(f"count must be in [1, {num_classes}], got {count}")
     if not 1 <= overlap <= count:
         raise ValueError(f"overlap must be in [1, count={count}], got {overlap}")
+    check_choice(algorithm, KMeansAlgorithm, "algorithm")
     from sklearn.cluster import KMeans, MiniBatchKMeans  # here, not at the top: importing it takes a second
 
     columns = affinity.T.float().cpu().numpy()
     if algorithm == "kmeans":
         model = KMeans(n_clusters=count, n_init=4, random_state=seed)
-    elif algorithm == "online":
-        model = MiniBatchKMeans(n_clusters=count, n_init=4, random_state=seed, batch_size=4096)
     else:
-        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+        model = MiniBatchKMeans(n_clusters=count, n_init=4, random_state=seed, batch_size=4096)
     distances = model.fit_transform(columns)  # (C, count): each class's distance to each centre
     order = np.argsort(distances, axis=1, kind="stable")
     nearest_first = np.argsort(distances, axis=0, kind="stable")  # (C, count): classes by distance to centre m

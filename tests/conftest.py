@@ -1,10 +1,41 @@
+"""Fixtures and helpers every test file shares (import the helpers with `from conftest import ...`).
+
+Tiers, by marker: unmarked tests are the unit tier (`make test-unit`, under a minute); `slow` ones run a real
+training or start Ray (seconds to minutes each). `make test` runs both.
+"""
+
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from distill.storage import read_json_lines
+from distillery.manifests import LOG
+from distillery.metrics import RunMetrics, read_metrics
+from distillery.run_folder import METRICS
+from ensembles.jobs import log_path
+
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def set_args(assignments: list[str]) -> list[str]:
+    """`--set A --set B ...` for the command line."""
+    return [arg for assignment in assignments for arg in ("--set", assignment)]
+
+
+def job_events(run_dir: Path, name: str) -> list[dict]:
+    """Job `name`'s log, oldest event first."""
+    return read_json_lines(log_path(run_dir, name))
+
+
+def stage_events(run_dir: Path) -> list[tuple[str, str]]:
+    """(stage, event) of every manifest event of the run, in order."""
+    return [(e["stage"], e["event"]) for e in read_json_lines(Path(run_dir) / LOG)]
+
+
+def run_metrics(run_dir: Path) -> RunMetrics:
+    return read_metrics(Path(run_dir) / METRICS)
 
 
 @pytest.fixture(autouse=True)

@@ -1,15 +1,14 @@
 """The `distillery run` contract: files written, exit codes, one-line errors."""
 
-import json
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from distill.cli import main
-from distill.storage import read_json_lines
-from ensembles.jobs import log_path
+from conftest import job_events, run_metrics, set_args, stage_events
+from distillery.cli import main
 
 TINY = ["data.name=synthetic", "data.options={classes: 12, groups: 3, dim: 16, train_per_class: 30, test_per_class: 10}",
         "teacher.model.kwargs={hidden: [32]}", "teacher.train.epochs=3", "student.model.kwargs={hidden: [16]}",
@@ -17,25 +16,21 @@ TINY = ["data.name=synthetic", "data.options={classes: 12, groups: 3, dim: 16, t
         "ensemble.size=1", "specialists.count=0", "cluster.executor=local"]
 
 
-def _sets(assignments):
-    return [arg for a in assignments for arg in ("--set", a)]
-
-
 @pytest.mark.slow
 def test_tiny_end_to_end_run_writes_the_contract_files(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--out", str(out), *_sets(TINY)]) == 0
+    assert main(["run", "--out", str(out), *set_args(TINY)]) == 0
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
-    metrics = json.loads((out / "metrics.json").read_text())
-    models = metrics["models"]
+    metrics = run_metrics(out)
+    models = metrics.models
     assert {"teacher", "student", "baseline", "student_bias_fixed", "student_bias_auto"} <= set(models)
     for name, entry in models.items():
-        assert {"accuracy", "errors", "nll", "ece"} <= set(entry), name
-        assert entry["errors"] == round((1 - entry["accuracy"]) * 120)
-    for student in ("student", "baseline"):
-        assert {"agreement", "kl_to_teacher"} <= set(models[student])
-    assert metrics["transfer"]["absent_classes"] == [2]
-    assert set(metrics["run"]["seeds"]) >= {"base", "teacher", "student", "baseline", "transfer"}
+        assert entry.errors == round((1 - entry.accuracy) * 120), name
+    for name in ("student", "baseline", *metrics.bias.corrected_students()):
+        assert models[name].agreement is not None and models[name].kl_to_teacher is not None, name
+    assert models["teacher"].agreement is None
+    assert metrics.transfer.absent_classes == [2] and metrics.bias.fixed == {2: 1.5}
+    assert set(metrics.run.seeds) >= {"base", "teacher", "student", "baseline", "transfer"}
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["student"]["train"]["epochs"] == 3 and resolved["bias"]["fixed"] == {2: 1.5}
     report = (out / "report.md").read_text()
@@ -45,13 +40,13 @@ def test_tiny_end_to_end_run_writes_the_contract_files(tmp_path, capsys):
     figures = {"training_curves.png", "reliability.png"}
     assert {p.name for p in (out / "figures").iterdir()} == figures
     assert all(f"(figures/{name})" in report for name in figures)
-    assert sum(models["student"]["reliability"]["count"]) == 120
+    assert sum(models["student"].reliability.count) == 120
 
 
 @pytest.mark.slow
 def test_report_rebuilds_the_report_and_figures_of_a_finished_run(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--out", str(out), *_sets(TINY)]) == 0
+    assert main(["run", "--out", str(out), *set_args(TINY)]) == 0
     written = (out / "report.md").read_text()
     (out / "report.md").unlink()
     for figure in (out / "figures").iterdir():
@@ -60,52 +55,56 @@ def test_report_rebuilds_the_report_and_figures_of_a_finished_run(tmp_path, caps
     assert capsys.readouterr().out.strip().endswith(f"report: {out / 'report.md'}")
     assert (out / "report.md").read_text() == written
     assert {p.name for p in (out / "figures").iterdir()} == {"training_curves.png", "reliability.png"}
-    assert main(["run", "--out", str(out), *_sets(TINY), "--resume"]) == 0  # the rebuilt report counts as current
-    last = json.loads((out / "logs" / "stages.jsonl").read_text().splitlines()[-1])
-    assert (last["stage"], last["event"]) == ("report", "reused")
+    assert main(["run", "--out", str(out), *set_args(TINY), "--resume"]) == 0  # the rebuilt report counts as current
+    assert stage_events(out)[-1] == ("report", "reused")
 
 
-def test_report_of_a_malformed_metrics_file_is_one_line_and_exit_2(tmp_path, capsys):
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "is not the metrics.json of a finished run: the top level must be a mapping, got list"),
+    ("{not json", "is not the metrics.json of a finished run: not JSON"),
+    ('{"version": 1, "models": {}}', "is not the metrics.json of a finished run: metrics.json key 'bias' is missing"),
+    ('{"version": 1, "models": [], "bias": {}, "history": {}, "transfer": {}, "teacher": {}, "run": {}}',
+     "metrics.json key 'models' must be a mapping, got []"),
+    ('{"version": 99}', "has metrics schema version 99; this Distillery reads up to 1: upgrade Distillery"),
+])
+def test_report_of_a_malformed_metrics_file_is_one_line_and_exit_2(tmp_path, capsys, content, message):
     (tmp_path / "config.yaml").write_text("seed: 0\n")
-    (tmp_path / "metrics.json").write_text("[1, 2]")
+    (tmp_path / "metrics.json").write_text(content)
     assert main(["report", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "is not the metrics.json of a finished run (TypeError" in err
+    _assert_one_line(capsys.readouterr().err, message)
     assert not (tmp_path / "report.md").exists()
 
 
 @pytest.mark.slow
 def test_run_from_a_saved_teacher_reuses_it(tmp_path):
     first = tmp_path / "first"
-    assert main(["run", "--out", str(first), *_sets(TINY)]) == 0
+    assert main(["run", "--out", str(first), *set_args(TINY)]) == 0
     second = tmp_path / "second"
-    assert main(["run", "--out", str(second), *_sets(TINY), "--set", f"teacher.checkpoint={first / 'teacher.pt'}",
+    assert main(["run", "--out", str(second), *set_args(TINY), "--set", f"teacher.checkpoint={first / 'teacher.pt'}",
                  "--set", "baseline.enabled=false"]) == 0
-    a = json.loads((first / "metrics.json").read_text())["models"]
-    b = json.loads((second / "metrics.json").read_text())["models"]
-    a["teacher"].pop("train_seconds")
-    assert a["teacher"] == b["teacher"]  # the same teacher, evaluated again
-    assert a["student"]["accuracy"] == b["student"]["accuracy"]  # same seeds, same soft targets
+    a, b = run_metrics(first).models, run_metrics(second).models
+    assert dataclasses.replace(a["teacher"], train_seconds=None) == b["teacher"]  # the same teacher, evaluated again
+    assert a["student"].accuracy == b["student"].accuracy  # same seeds, same soft targets
     assert not (second / "teacher.pt").exists() and "baseline" not in b
 
 
 @pytest.mark.slow
 def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--out", str(out), *_sets(TINY)]) == 0
-    first = json.loads((out / "metrics.json").read_text())["models"]
-    assert main(["run", "--out", str(out), *_sets(TINY)]) == 2
+    assert main(["run", "--out", str(out), *set_args(TINY)]) == 0
+    first = run_metrics(out).models
+    assert main(["run", "--out", str(out), *set_args(TINY)]) == 2
     assert "already holds a run: pass --resume" in capsys.readouterr().err
-    assert main(["run", "--out", str(out), *_sets(TINY), "--set", "student.train.epochs=4", "--resume"]) == 2
+    assert main(["run", "--out", str(out), *set_args(TINY), "--set", "student.train.epochs=4", "--resume"]) == 2
     assert "different config (student.train.epochs: 3 there, 4 now)" in capsys.readouterr().err
     # Where a run continues may change: the cluster section is not part of what it computes.
-    assert main(["run", "--out", str(out), *_sets(TINY), "--set", "cluster.max_retries=7", "--resume"]) == 0
+    assert main(["run", "--out", str(out), *set_args(TINY), "--set", "cluster.max_retries=7", "--resume"]) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["cluster"]["max_retries"] == 7
     for name in ("teacher", "student", "baseline"):
-        events = [event["event"] for event in read_json_lines(log_path(out, name))]
+        events = [event["event"] for event in job_events(out, name)]
         assert events[-1] == "reused" and events.count("start") == 1
-    again = json.loads((out / "metrics.json").read_text())["models"]
-    assert {k: v["accuracy"] for k, v in again.items()} == {k: v["accuracy"] for k, v in first.items()}
+    again = run_metrics(out).models
+    assert {k: v.accuracy for k, v in again.items()} == {k: v.accuracy for k, v in first.items()}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -162,11 +161,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     # has the unit tests of the check.
     pytest.param(["--set", "cluster.num_cpus=4096"], "cluster.num_cpus=4096 per model, but the largest Ray node has",
                  2, marks=pytest.mark.slow),
-    ([*_sets(TINY), "--set", "teacher.train.lr=1e30"], "loss became nan", 1),
+    ([*set_args(TINY), "--set", "teacher.train.lr=1e30"], "loss became nan", 1),
 ])
 def test_a_failing_process_prints_one_line(tmp_path, args, message, exit_code):
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "distill.cli", "run", "--out", str(out), *args],
+    result = subprocess.run([sys.executable, "-m", "distillery", "run", "--out", str(out), *args],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == exit_code, result.stderr
     _assert_one_line(result.stderr, message)
@@ -220,7 +219,6 @@ def test_an_out_folder_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
 def test_a_lone_teacher_trains_in_the_driver_without_starting_ray(tmp_path):
     lone = [a for a in TINY if not a.startswith("cluster.")]  # the default executor, ray
     out = tmp_path / "run"
-    assert main(["run", "--out", str(out), *_sets(lone)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["run"]["executor"] == "local"
-    events = [json.loads(line) for line in (out / "logs" / "teacher.jsonl").read_text().splitlines()]
-    assert {e["node"] for e in events} == {None}  # a job on Ray records its node
+    assert main(["run", "--out", str(out), *set_args(lone)]) == 0
+    assert run_metrics(out).run.executor == "local"
+    assert {e["node"] for e in job_events(out, "teacher")} == {None}  # a job on Ray records its node

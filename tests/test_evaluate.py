@@ -11,11 +11,11 @@ def test_metrics_on_a_hand_made_case():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 0.0]])
     labels = torch.tensor([0, 1, 1, 0])
     metrics = classification_metrics(logits, labels, teacher_logits=logits)
-    assert metrics["errors"] == 1 and metrics["accuracy"] == 0.75  # the tie in row 4 goes to class 0
-    assert metrics["per_class_errors"] == [0, 1]
+    assert metrics.errors == 1 and metrics.accuracy == 0.75  # the tie in row 4 goes to class 0
+    assert metrics.per_class_errors == [0, 1]
     confident, tie = -math.log(1 / (1 + math.exp(-2))), math.log(2)
-    assert metrics["nll"] == pytest.approx((2 * confident + (2 + confident) + tie) / 4)
-    assert metrics["agreement"] == 1.0 and metrics["kl_to_teacher"] == pytest.approx(0.0, abs=1e-7)
+    assert metrics.nll == pytest.approx((2 * confident + (2 + confident) + tie) / 4)
+    assert metrics.agreement == 1.0 and metrics.kl_to_teacher == pytest.approx(0.0, abs=1e-7)
 
 
 def test_ece_of_a_calibrated_and_an_overconfident_model():

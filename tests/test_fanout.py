@@ -11,12 +11,12 @@ import time
 import pytest
 import torch
 
+from conftest import job_events, run_metrics, set_args
 from distill.config import ClusterConfig, ModelSpec, TrainConfig
 from distill.data import load_dataset
 from distill.errors import TrainingError
 from ensembles.fanout import predict_all, train_jobs
-from distill.storage import read_json_lines
-from ensembles.jobs import JobData, TrainJob, checkpoint_path, log_path, run_job
+from ensembles.jobs import JobData, TrainJob, checkpoint_path, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +35,6 @@ def _jobs(data, members=3, epochs=12, lr=0.05):
     return [(TrainJob(f"member_{i}", ModelSpec("mlp", {"hidden": [256, 256]}),
                       TrainConfig(epochs=epochs, batch_size=32, lr=lr), seed=100 + i, num_classes=data.num_classes,
                       input_shape=data.input_shape), shared) for i in range(members)]
-
-
-def _events(run_dir, name):
-    return read_json_lines(log_path(run_dir, name))
 
 
 def _in_background(function, *args):
@@ -62,7 +58,7 @@ def _member_mid_training(run_dir, names, min_epoch=2, max_epoch=None):
     """(name, last epoch event) of a member that finished `min_epoch` epochs (and at most `max_epoch`) but not all,
     if any."""
     for name in names:
-        epochs = [e for e in _events(run_dir, name) if e["event"] == "epoch"]
+        epochs = [e for e in job_events(run_dir, name) if e["event"] == "epoch"]
         done = epochs[-1]["epoch"] if epochs else 0
         if min_epoch <= done <= (max_epoch or done) and not checkpoint_path(run_dir, name).exists():
             return name, epochs[-1]
@@ -88,7 +84,7 @@ def _assert_same_weights(run_dir, name, reference):
 
 def _assert_trained_once(run_dir, names):
     for name in names:
-        starts = [e["event"] for e in _events(run_dir, name) if e["event"] in ("start", "resume")]
+        starts = [e["event"] for e in job_events(run_dir, name) if e["event"] in ("start", "resume")]
         assert starts == ["start"], (name, starts)
 
 
@@ -96,7 +92,7 @@ def test_members_spread_over_nodes_and_match_in_process_training(ray_cluster, da
     jobs = _jobs(data, members=3, epochs=3)
     results = train_jobs(jobs, tmp_path / "run", RAY)
     assert set(results) == {"member_0", "member_1", "member_2"}
-    nodes = {_events(tmp_path / "run", name)[0]["node"] for name in results}
+    nodes = {job_events(tmp_path / "run", name)[0]["node"] for name in results}
     assert len(nodes) == 2  # both worker nodes trained members (the head has no CPUs)
     job, job_data = jobs[1]
     _assert_same_weights(tmp_path / "run", "member_1", _reference_weights(job, job_data, tmp_path))
@@ -116,7 +112,7 @@ def test_a_killed_worker_resumes_its_member_from_the_last_epoch(ray_cluster, dat
     thread.join(timeout=300)
     results = outcome["result"]
     assert results[victim].resumed_from_epoch >= last_epoch["epoch"]
-    resumed = [e for e in _events(run_dir, victim) if e["event"] == "resume"]
+    resumed = [e for e in job_events(run_dir, victim) if e["event"] == "resume"]
     assert len(resumed) == 1 and resumed[0]["pid"] != last_epoch["pid"]
     others = [job.name for job, _ in jobs if job.name != victim]
     _assert_trained_once(run_dir, others)
@@ -135,7 +131,7 @@ def test_a_removed_node_loses_no_finished_member(ray_cluster, data, tmp_path):
     thread.join(timeout=300)
     results = outcome["result"]
     assert results[victim].resumed_from_epoch >= last_epoch["epoch"]
-    nodes = [e["node"] for e in _events(run_dir, victim) if e["event"] in ("start", "resume")]
+    nodes = [e["node"] for e in job_events(run_dir, victim) if e["event"] in ("start", "resume")]
     assert nodes[0] == last_epoch["node"] and nodes[-1] != last_epoch["node"]
     finished_before = [name for name in results if name != victim and results[name].resumed_from_epoch == 0]
     _assert_trained_once(run_dir, finished_before)
@@ -146,7 +142,7 @@ def test_a_removed_node_loses_no_finished_member(ray_cluster, data, tmp_path):
 def test_a_nan_loss_stops_the_fan_out_instead_of_being_retried(ray_cluster, data, tmp_path):
     with pytest.raises(TrainingError, match="loss became nan"):
         train_jobs(_jobs(data, members=2, epochs=2, lr=1e30), tmp_path / "run", RAY)
-    starts = [e for e in _events(tmp_path / "run", "member_0") if e["event"] in ("start", "resume")]
+    starts = [e for e in job_events(tmp_path / "run", "member_0") if e["event"] in ("start", "resume")]
     assert len(starts) == 1  # application errors are not retried
 
 
@@ -156,11 +152,11 @@ ENSEMBLE = ["data.name=synthetic", "data.options=" + json.dumps(OPTIONS), "ensem
 
 
 def _cli(*args):
-    return [sys.executable, "-m", "distill.cli", "run", *[a for s in ENSEMBLE for a in ("--set", s)], *args]
+    return [sys.executable, "-m", "distillery", "run", *set_args(ENSEMBLE), *args]
 
 
 def test_a_killed_driver_resumes_with_the_same_results(ray_cluster, tmp_path):
-    from distill.cli import main
+    from distillery.cli import main
 
     run_dir = tmp_path / "run"
     driver = subprocess.Popen(_cli("--out", str(run_dir), "--address", ray_cluster.address),
@@ -174,19 +170,18 @@ def test_a_killed_driver_resumes_with_the_same_results(ray_cluster, tmp_path):
     finished = _wait_for(one_finished_one_mid_training, timeout=240)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    workers = {e["pid"] for n in names for e in _events(run_dir, n)}
+    workers = {e["pid"] for n in names for e in job_events(run_dir, n)}
     _wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=60)  # Ray ends a dead driver's tasks
 
     assert main(["run", *_cli("--out", str(run_dir), "--address", ray_cluster.address, "--resume")[4:]]) == 0
     for name in finished:
-        assert [e["event"] for e in _events(run_dir, name)][-1] == "reused"
-    assert any(e["event"] == "resume" for n in names for e in _events(run_dir, n))
+        assert [e["event"] for e in job_events(run_dir, name)][-1] == "reused"
+    assert any(e["event"] == "resume" for n in names for e in job_events(run_dir, n))
     assert main(["run", *_cli("--out", str(tmp_path / "straight"), "--address", ray_cluster.address)[4:]]) == 0
-    resumed = json.loads((run_dir / "metrics.json").read_text())["models"]
-    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())["models"]
+    resumed, straight = run_metrics(run_dir).models, run_metrics(tmp_path / "straight").models
     for name in [*names, "ensemble", "student", "baseline"]:
         for key in ("accuracy", "nll", "ece"):
-            assert resumed[name][key] == pytest.approx(straight[name][key], abs=1e-6), (name, key)
+            assert getattr(resumed[name], key) == pytest.approx(getattr(straight[name], key), abs=1e-6), (name, key)
 
 
 def _alive(pid):

@@ -1,10 +1,9 @@
 """run_job without Ray: what it leaves in the run folder lets any restart reuse or resume the job."""
 
-import json
-
 import pytest
 import torch
 
+from conftest import job_events
 from distill.checkpoint import checksum_path
 from distill.config import ModelSpec, TrainConfig
 from distill.data import load_dataset
@@ -27,7 +26,7 @@ def _job(seed=5, epochs=4, inputs="data-v1"):
 
 
 def _events(run_dir):
-    return [json.loads(line)["event"] for line in (run_dir / "logs" / "member_0.jsonl").read_text().splitlines()]
+    return [event["event"] for event in job_events(run_dir, "member_0")]
 
 
 def _weights(run_dir):
@@ -46,7 +45,7 @@ def test_a_job_stopped_after_an_epoch_resumes_there_and_ends_as_if_never_stopped
     torch.save({**states[1], "inputs": _job().inputs}, interrupted / "state" / "member_0.pt")
     resumed = run_job(_job(), data, interrupted)
     assert resumed.resumed_from_epoch == 2 and _events(interrupted) == ["resume", "epoch", "epoch"]
-    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in straight.history]
+    assert [r.loss for r in resumed.history] == [r.loss for r in straight.history]
     for name, tensor in _weights(tmp_path / "straight").items():
         assert torch.equal(tensor, _weights(interrupted)[name]), name
     assert not (interrupted / "state" / "member_0.pt").exists()  # finished: its training state is gone

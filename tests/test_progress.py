@@ -1,10 +1,10 @@
 """Progress on the driver: stages announced, jobs' epochs, running and retried jobs read from their logs."""
 
 from distill.config import load_config
-from distill.pipeline import run
-from ensembles.fanout import JobStatus, job_status, progress_line
 from distill.storage import append_json_line
-from ensembles.jobs import JobResult, log_path
+from distillery.pipeline import run
+from distillery.progress import progress_line
+from ensembles.jobs import JobResult, JobStatus, job_status, log_path
 
 
 def _log(run_dir, name, events):

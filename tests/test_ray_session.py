@@ -3,7 +3,7 @@ a bad-input row of tests/test_cli.py: it needs a process not connected to the sh
 
 import pytest
 
-from ensembles.cluster import _token_hint
+from ensembles.ray_connection import _token_hint
 
 
 @pytest.mark.parametrize("address, auth_mode, hinted", [

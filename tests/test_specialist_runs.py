@@ -1,14 +1,14 @@
 """`distillery run` with specialists: the files, the metrics sections, resuming, the Ray fan-out, bad settings."""
 
-import json
-
 import pytest
 import torch
 
+from conftest import job_events, run_metrics, set_args
 from distill.checkpoint import load_checkpoint
-from distill.cli import main
 from distill.config import load_config
-from distill.pipeline import run
+from distillery.cli import main
+from distillery.pipeline import run
+from specialists.clustering import read_subsets, subsets_path
 from specialists.specialist import specialist_labels
 
 pytestmark = pytest.mark.slow
@@ -19,28 +19,24 @@ SPECIALISTS = ["data.name=synthetic",
                "student.train.epochs=3", "ensemble.size=1", "specialists.count=4", "specialists.train.epochs=3"]
 
 
-def _sets(assignments):
-    return [arg for a in assignments for arg in ("--set", a)]
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("specialists") / "run"
-    assert main(["run", "--out", str(out), *_sets([*SPECIALISTS, "cluster.executor=local"])]) == 0
+    assert main(["run", "--out", str(out), *set_args([*SPECIALISTS, "cluster.executor=local"])]) == 0
     return out
 
 
 def test_a_specialist_run_writes_its_models_subsets_and_study(finished):
-    metrics = json.loads((finished / "metrics.json").read_text())
-    assert {"generalist", "specialists", "student", "baseline"} <= set(metrics["models"])
-    assert {"agreement", "kl_to_teacher"} <= set(metrics["models"]["student"])
-    section = metrics["specialists"]
-    subsets = json.loads((finished / "specialists" / "subsets.json").read_text())["subsets"]
-    assert section["subsets"] == subsets and len(subsets) == 4
-    assert section["ari"] == pytest.approx(1.0)  # four far-apart groups of six classes
-    assert sum(row["examples"] for row in section["gain_by_coverage"]) == 240
-    assert section["top1"]["combined"] == metrics["models"]["specialists"]["accuracy"]
-    assert set(section["train_seconds"]) == {f"specialist_{m}" for m in range(4)}
+    metrics = run_metrics(finished)
+    assert {"generalist", "specialists", "student", "baseline"} <= set(metrics.models)
+    assert metrics.models["student"].agreement is not None and metrics.models["student"].kl_to_teacher is not None
+    section = metrics.specialists
+    assert section.clustering == read_subsets(subsets_path(finished)) and len(section.clustering.subsets) == 4
+    assert section.clustering.ari == pytest.approx(1.0)  # four far-apart groups of six classes
+    assert sum(row.examples for row in section.gain_by_coverage) == 240
+    assert section.top1.combined == metrics.models["specialists"].accuracy
+    assert set(section.train_seconds) == {f"specialist_{m}" for m in range(4)}
+    assert metrics.curve_groups() == {f"specialist_{m}": "specialists" for m in range(4)}
     for figure in ("specialists/affinity.png", "figures/gain_by_coverage.png", "figures/reliability.png"):
         assert (finished / figure).stat().st_size > 1000
     report = (finished / "report.md").read_text()
@@ -49,7 +45,7 @@ def test_a_specialist_run_writes_its_models_subsets_and_study(finished):
 
 
 def test_specialists_are_the_generalists_architecture_over_subset_plus_dustbin(finished):
-    subsets = json.loads((finished / "specialists" / "subsets.json").read_text())["subsets"]
+    subsets = read_subsets(subsets_path(finished)).subsets
     generalist, _ = load_checkpoint(finished / "generalist.pt")
     for m, subset in enumerate(subsets):
         specialist, payload = load_checkpoint(finished / f"specialist_{m}.pt")
@@ -67,22 +63,19 @@ def test_resume_reuses_subsets_and_specialists(finished, tmp_path):
     metrics = run(config, finished, data_root=tmp_path, resume=True)
     assert {path.name: path.read_bytes() for path in [finished / "specialists" / "subsets.json",
                                                       *finished.glob("specialist_*.pt")]} == before
-    logs = (finished / "logs" / "specialist_0.jsonl").read_text()
-    assert '"event": "reused"' in logs
-    assert metrics["models"]["specialists"]["errors"] == json.loads(
-        (finished / "metrics.json").read_text())["models"]["specialists"]["errors"]
+    assert job_events(finished, "specialist_0")[-1]["event"] == "reused"
+    assert metrics.models["specialists"].errors == run_metrics(finished).models["specialists"].errors
 
 
 def test_specialists_train_in_parallel_on_the_ray_cluster(ray_cluster, finished, tmp_path):
     out = tmp_path / "ray"
     config = load_config(overrides=[*SPECIALISTS, "cluster.num_cpus=1"])
     metrics = run(config, out, data_root=tmp_path)
-    nodes = {json.loads(line)["node"] for m in range(4)
-             for line in (out / "logs" / f"specialist_{m}.jsonl").read_text().splitlines()}
+    nodes = {event["node"] for m in range(4) for event in job_events(out, f"specialist_{m}")}
     assert len(nodes - {None}) == 2  # the four specialists ran on both worker nodes
-    local = json.loads((finished / "metrics.json").read_text())
+    local = run_metrics(finished)
     for name in ("generalist", "specialists"):  # the same seeds give the same models wherever they train
-        assert metrics["models"][name]["errors"] == local["models"][name]["errors"]
+        assert metrics.models[name].errors == local.models[name].errors
 
 
 def test_specialist_labels_map_subset_positions_and_dustbin():
@@ -100,7 +93,7 @@ def test_specialist_labels_map_subset_positions_and_dustbin():
 ])
 def test_bad_specialist_settings_fail_in_one_line(tmp_path, capsys, override, message):
     out = tmp_path / "run"
-    assert main(["run", "--out", str(out), *_sets([*SPECIALISTS, "cluster.executor=local", override])]) == 2
+    assert main(["run", "--out", str(out), *set_args([*SPECIALISTS, "cluster.executor=local", override])]) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
     assert not out.exists()  # refused before the run folder was written

@@ -60,20 +60,20 @@ def test_clustering_recovers_known_groups_and_is_deterministic_under_a_seed():
     assert first == second
     assert adjusted_rand_index(first.clusters, groups) == pytest.approx(1.0)
     assert sorted(map(tuple, first.subsets)) == sorted(tuple(range(g, 20, 4)) for g in range(4))
-    assert (first.coverage(20) == 1).all()
+    assert (first.coverage() == 1).all()
 
 
 def test_overlap_and_size_limits():
     affinity, _ = _block_affinity()
     overlapping = find_subsets(affinity, 4, overlap=2, seed=0)
-    assert (overlapping.coverage(20) == 2).all()  # every class in its two nearest clusters
+    assert (overlapping.coverage() == 2).all()  # every class in its two nearest clusters
     fixed = find_subsets(affinity, 4, overlap=2, min_size=7, max_size=7, seed=0)
     assert [len(subset) for subset in fixed.subsets] == [7] * 4
     for subset, centre_group in zip(fixed.subsets, [s[0] % 4 for s in find_subsets(affinity, 4, seed=0).subsets]):
         assert set(range(centre_group, 20, 4)) <= set(subset)  # a capped subset keeps its own group first
     capped = find_subsets(affinity, 4, max_size=2, seed=0)
     assert [len(subset) for subset in capped.subsets] == [2] * 4
-    assert (capped.coverage(20) == 0).sum() == 12  # the classes cut away are covered by no specialist
+    assert (capped.coverage() == 0).sum() == 12  # the classes cut away are covered by no specialist
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from distill.config import LossWeights, TrainConfig
 from distill.data import load_dataset
 from distill.errors import CheckpointError, TrainingError
 from distill.models import create_model, freeze
-from distill.soft_targets import cached_logits
+from distill.logit_cache import cached_logits
 from distill.train import SoftTargets, predict_logits, train
 
 
@@ -26,7 +26,7 @@ def _fit(data, seed=0, epochs=3, weights=None, targets=None, on_state=None, **tr
 
 def test_hard_label_training_learns_and_is_seeded(digits):
     model, history = _fit(digits, epochs=10)
-    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1].loss < history[0].loss
     accuracy = (predict_logits(model, digits.x_test).argmax(1) == digits.y_test).float().mean().item()
     assert accuracy > 0.85
     again, _ = _fit(digits, epochs=10)
@@ -49,7 +49,7 @@ def test_training_resumed_from_a_saved_state_matches_an_uninterrupted_run(digits
     torch.manual_seed(99)  # whatever the process did in between must not matter
     resumed = fresh()
     resumed_history = train(resumed, digits.x_train, digits.y_train, config, seed=3, resume_from=states[2])
-    assert [r["loss"] for r in resumed_history] == [r["loss"] for r in history]
+    assert [r.loss for r in resumed_history] == [r.loss for r in history]
     for name, tensor in straight.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
 
@@ -76,7 +76,7 @@ def test_student_learns_to_match_cached_soft_targets(digits):
     student, history = _fit(digits, seed=1, epochs=10, weights=LossWeights(4.0, 1.0, 0.0), targets=targets)
     agreement = (predict_logits(student, digits.x_test).argmax(1) == predict_logits(teacher, digits.x_test).argmax(1))
     assert agreement.float().mean() > 0.9
-    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1].loss < history[0].loss
 
 
 def test_augmented_student_gets_teacher_outputs_on_each_augmented_batch(digits):

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from distill.config import Eq5Solver
+from distill.storage import fingerprint
 from distill.train import predict_logits
-from specialists.combine import active_specialists, solve, specialist_batch
+from specialists.eq5 import active_specialists, solve, specialist_batch
 from specialists.specialist import corrected_logits, output_layer
 
 
@@ -21,13 +23,19 @@ class SpecialistEnsemble:
     subsets: list[list[int]]
     dustbin_shifts: list[float]
     top_n: int = 1
-    solver: str = "em"
+    solver: Eq5Solver = "em"
 
     def __post_init__(self):
         num_classes = output_layer(self.generalist)[1].out_features
         self.membership = torch.zeros(len(self.subsets), num_classes, dtype=torch.bool)
         for m, subset in enumerate(self.subsets):
             self.membership[m, subset] = True
+
+    def identity(self, checksums: dict[str, str], temperature: float) -> str:
+        """A checksum-like key of this combination at `temperature` (the soft-target cache's key), given the
+        checkpoint checksums of the generalist and the specialists."""
+        return fingerprint({"checksums": checksums, "subsets": self.subsets, "shifts": self.dustbin_shifts,
+                            "top_n": self.top_n, "solver": self.solver, "temperature": temperature})
 
     def log_probs(self, inputs: torch.Tensor, temperature: float = 1.0, chunk: int = 4096,
                   generalist_logits: torch.Tensor | None = None) -> torch.Tensor:

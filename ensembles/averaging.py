@@ -1,8 +1,8 @@
-"""Combining the members of an ensemble into one predictive distribution (method.md section 1).
+"""Averaging the members of an ensemble into one predictive distribution (docs/method.md section 1).
 
 The paper averages the members' distributions (arithmetic mean); the geometric mean (a normalised product of
 experts, equal to the softmax of the mean logits when weights are equal) is the other natural choice. Which one is
-used is always explicit: `method` has no silent default in the config.
+used is always explicit: `ensemble.combine` in the config, recorded in metrics.json.
 """
 
 from __future__ import annotations
@@ -11,24 +11,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.errors import ConfigError
-
-METHODS = ("arithmetic", "geometric")
+from distill.config import EnsembleMethod
+from distill.records import check_choice
 
 
 def normalised_weights(weights: list[float] | None, members: int) -> torch.Tensor:
     """Member weights that sum to one; None means equal weights."""
     if weights is None:
         return torch.full((members,), 1.0 / members)
-    if len(weights) != members:
-        raise ConfigError(f"ensemble.weights needs one weight per member: got {len(weights)} for {members} members")
+    if len(weights) != members or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"weights must be {members} numbers >= 0, not all zero; got {weights}")
     tensor = torch.tensor(weights, dtype=torch.float64)
-    if (tensor < 0).any() or tensor.sum() <= 0:
-        raise ConfigError(f"ensemble.weights must be >= 0 and not all zero, got {weights}")
     return (tensor / tensor.sum()).float()
 
 
-def combine_log_probs(member_logits: torch.Tensor, temperature: float = 1.0, method: str = "arithmetic",
+def combine_log_probs(member_logits: torch.Tensor, temperature: float = 1.0, method: EnsembleMethod = "arithmetic",
                       weights: list[float] | None = None) -> torch.Tensor:
     """Log-probabilities (N, C) of the combined distribution at temperature T.
 
@@ -36,8 +33,7 @@ def combine_log_probs(member_logits: torch.Tensor, temperature: float = 1.0, met
       arithmetic: p = sum_m w_m softmax(z_m / T)                 (Hinton et al. 2015, section 1)
       geometric:  p proportional to prod_m softmax(z_m / T)^w_m
     """
-    if method not in METHODS:
-        raise ConfigError(f"ensemble.combine must be one of {', '.join(METHODS)}, got {method!r}")
+    check_choice(method, EnsembleMethod, "method")
     w = normalised_weights(weights, member_logits.shape[0]).to(member_logits.device)[:, None, None]
     log_probs = F.log_softmax(member_logits.float() / temperature, dim=-1)
     if method == "arithmetic":
@@ -45,7 +41,7 @@ def combine_log_probs(member_logits: torch.Tensor, temperature: float = 1.0, met
     return F.log_softmax((w * log_probs).sum(dim=0), dim=-1)
 
 
-def ensemble_logits(member_logits: torch.Tensor, temperature: float = 1.0, method: str = "arithmetic",
+def ensemble_logits(member_logits: torch.Tensor, temperature: float = 1.0, method: EnsembleMethod = "arithmetic",
                     weights: list[float] | None = None) -> torch.Tensor:
     """Logits (N, C) whose softmax at `temperature` is the combined distribution at that temperature.
 
@@ -59,7 +55,7 @@ class Ensemble(nn.Module):
     """Frozen members whose forward pass gives `ensemble_logits` at `temperature`: a drop-in teacher for code
     that applies softmax(z / T), such as a student whose augmented batches need fresh teacher outputs."""
 
-    def __init__(self, members: list[nn.Module], temperature: float = 1.0, method: str = "arithmetic",
+    def __init__(self, members: list[nn.Module], temperature: float = 1.0, method: EnsembleMethod = "arithmetic",
                  weights: list[float] | None = None):
         super().__init__()
         self.members = nn.ModuleList(members)

@@ -6,8 +6,8 @@ a stage only while its inputs are unchanged and its outputs intact, and reruns i
                            longer matches its inputs or outputs, or cannot be read: the stage is rerun, never
                            silently reused, and logs "ran" again)
 
-Trained models are stages of their own (ensembles.jobs keeps the same promise with the `inputs` key stored in
-each checkpoint); this module covers the stages between them: clustering, evaluation and the report.
+Trained models keep the same promise on their own (ensembles.jobs, with the `inputs` key stored in each
+checkpoint); this module covers the stages between them: clustering, evaluation and the report.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ MANIFESTS = "manifests"
 LOG = Path("logs") / "stages.jsonl"
 
 
-class Stage:
-    """One stage of the run in `run_dir`, computed from `inputs` (config sections, upstream checksums)."""
+class StageManifest:
+    """The manifest of one stage of the run in `run_dir`, computed from `inputs` (config sections, upstream
+    checksums)."""
 
     def __init__(self, run_dir: str | Path, name: str, inputs: dict[str, Any]):
         self.run_dir, self.name, self.inputs = Path(run_dir), name, inputs

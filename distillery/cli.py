@@ -10,12 +10,17 @@ from pathlib import Path
 
 from distill.errors import DistilleryError
 
+# The demo, shipped with the package (a link to configs/demo.yaml in the repository): what `distillery run` runs
+# without a CONFIG.
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description="Distil teachers into one small student.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train the teacher, distil the student, evaluate, report")
-    run.add_argument("config", nargs="?", help="YAML config (default: the embedded demo on scikit-learn's digits)")
+    run.add_argument("config", nargs="?", help="YAML config (default: configs/demo.yaml, a generalist and three "
+                                              "specialists on scikit-learn's digits)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set student.loss.temperature=20 (repeatable)")
     run.add_argument("--out", help="run folder (default: runs/<UTC time>)")
@@ -34,39 +39,34 @@ def build_parser() -> argparse.ArgumentParser:
 def command_run(args: argparse.Namespace) -> int:
     from distill.config import load_config
     from distill.data import resolve_data_root
-    from distill.pipeline import run
+    from distillery.pipeline import run
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config or DEMO_CONFIG, args.overrides)
     data_root = resolve_data_root(args.data_root)
     out_dir = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
     if out_dir.exists() and not out_dir.is_dir():
         raise DistilleryError(f"--out {out_dir} is a file, not a folder")
     metrics = run(config, out_dir, data_root, args.download, progress=sys.stderr.isatty(), address=args.address,
                   resume=args.resume)
-    for name, model in metrics["models"].items():
-        print(f"{name:>20}: accuracy {model['accuracy']:.4f}, errors {model['errors']}")
+    for name, model in metrics.models.items():
+        print(f"{name:>20}: accuracy {model.accuracy:.4f}, errors {model.errors}")
     print(f"report: {out_dir / 'report.md'}")
     return 0
 
 
 def command_report(args: argparse.Namespace) -> int:
-    import json
-
     from distill.config import load_config
-    from distill.pipeline import report_stage
-    from distill.report import write_report
+    from distillery.metrics import read_metrics
+    from distillery.report import report_manifest, write_report
+    from distillery.run_folder import CONFIG, METRICS
 
     run_dir = Path(args.run_dir)
-    for name in ("config.yaml", "metrics.json"):
+    for name in (CONFIG, METRICS):
         if not (run_dir / name).is_file():
             raise DistilleryError(f"{run_dir} holds no finished run: {name} is missing")
-    config = load_config(run_dir / "config.yaml")
-    try:
-        written = write_report(run_dir, config, json.loads((run_dir / "metrics.json").read_bytes()))
-    except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as error:  # JSON, or not our layout
-        raise DistilleryError(f"{run_dir / 'metrics.json'} is not the metrics.json of a finished run "
-                              f"({type(error).__name__}: {error})") from None
-    report_stage(run_dir, config).seal(written)  # so a later --resume knows this report is current
+    config = load_config(run_dir / CONFIG)
+    written = write_report(run_dir, config, read_metrics(run_dir / METRICS))
+    report_manifest(run_dir, config).seal(written)  # so a later --resume knows this report is current
     print(f"report: {written[0]}")
     return 0
 
@@ -85,6 +85,3 @@ def main(argv: list[str] | None = None) -> int:
         print("distillery: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

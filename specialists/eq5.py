@@ -1,4 +1,4 @@
-"""Combining a generalist and its specialists into one distribution over all classes (the paper's eq. 5).
+"""The paper's eq. 5: one distribution over all classes from a generalist and its active specialists.
 
 For one input, with the generalist's distribution p_g and each active specialist's p_m over its subset S_m plus a
 dustbin, find the q over all C classes minimising
@@ -9,7 +9,7 @@ Up to constants this is the negative log-likelihood -sum_j c_j log q_j - sum_m d
 mass p_g_j + sum_{m: j in S_m} p_m_j and d_m the dustbin masses: convex in q, so its optimum is global. Two
 solvers work on whole batches:
 
-- `solve_em` (default): the fixed-point (EM) iteration of method.md; each dustbin's mass is split over the
+- `solve_em` (default): the fixed-point (EM) iteration of docs/method.md; each dustbin's mass is split over the
   classes outside S_m in proportion to q, then q is the normalised total. No learning rate; each step keeps q a
   distribution.
 - `solve_gradient`: the paper's gradient descent on logits z, q = softmax(z) (Adam steps).
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-SOLVERS = ("em", "gradient")
+from distill.config import Eq5Solver
+from distill.records import check_choice
 
 
 @dataclass
@@ -78,7 +79,7 @@ def objective(q: torch.Tensor, generalist_probs: torch.Tensor, batch: Specialist
 
 def solve_em(generalist_probs: torch.Tensor, batch: SpecialistBatch, tol: float = 1e-9,
              max_iter: int = 1000) -> torch.Tensor:
-    """The eq. 5 optimum q (B, C) by the fixed-point iteration of method.md:
+    """The eq. 5 optimum q (B, C) by the fixed-point iteration of docs/method.md:
 
         q_j <- [p_g_j + sum_{m in A, j in S_m} p_m_j + sum_{m in A, j not in S_m} d_m q_j / Q_m] / (1 + |A|)
 
@@ -123,9 +124,6 @@ def solve_gradient(generalist_probs: torch.Tensor, batch: SpecialistBatch, lr: f
     return torch.softmax(logits.detach(), dim=1)
 
 
-def solve(generalist_probs: torch.Tensor, batch: SpecialistBatch, solver: str = "em") -> torch.Tensor:
-    if solver == "em":
-        return solve_em(generalist_probs, batch)
-    if solver == "gradient":
-        return solve_gradient(generalist_probs, batch)
-    raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+def solve(generalist_probs: torch.Tensor, batch: SpecialistBatch, solver: Eq5Solver = "em") -> torch.Tensor:
+    check_choice(solver, Eq5Solver, "solver")
+    return solve_em(generalist_probs, batch) if solver == "em" else solve_gradient(generalist_probs, batch)

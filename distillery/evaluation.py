@@ -1,0 +1,109 @@
+"""metrics.json: every teacher or member, the ensemble or the specialists' combination, and each student measured
+against it on the test set, with the bias corrections of classes absent from the transfer set."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from distill.config import RunConfig
+from distill.data import Dataset, TransferSet
+from distill.evaluate import (ModelMetrics, classification_metrics, prior_matching_shift, shift_logits,
+                              shift_tuned_on_labels)
+from distill.provenance import machine, versions
+from distill.train import predict_logits
+from ensembles.averaging import combine_log_probs
+from ensembles.jobs import TrainedModel
+from specialists.gains import SpecialistsMetrics, measure_specialists
+from distillery.context import RunContext
+from distillery.manifests import StageManifest
+from distillery.metrics import (METRICS_VERSION, BiasRecord, BiasShift, EnsembleRecord, MemberRecord, RunMetrics,
+                                RunRecord, TeacherRecord, TransferRecord, read_metrics, write_metrics)
+from distillery.run_folder import METRICS, computed_settings
+from distillery.teachers import Teachers
+
+
+def evaluate(context: RunContext, data: Dataset, teachers: Teachers, students: dict[str, TrainedModel],
+             transfer: TransferSet, started: float) -> RunMetrics:
+    """The run's metrics, written to metrics.json; reused unless the models or settings changed since."""
+    path = context.out_dir / METRICS
+    checksums = {**teachers.checksums, **{name: model.checksum for name, model in students.items()}}
+    manifest = StageManifest(context.out_dir, "evaluation", {"inputs": context.inputs_key({"models": checksums}),
+                                                             "config": computed_settings(context.config)})
+    if manifest.reusable():
+        return read_metrics(path)
+    models, bias, specialists = _measure(context, data, teachers, students, transfer.absent_classes)
+    metrics = RunMetrics(METRICS_VERSION, models, bias, context.history,
+                         TransferRecord(len(transfer.indices), transfer.absent_classes),
+                         _teacher_record(context.config, teachers), _run_record(context, started), specialists)
+    write_metrics(path, metrics)
+    manifest.seal([path])
+    return metrics
+
+
+def _measure(context: RunContext, data: Dataset, teachers: Teachers, students: dict[str, TrainedModel],
+             absent: list[int]) -> tuple[dict[str, ModelMetrics], BiasRecord, SpecialistsMetrics | None]:
+    """Every model's metrics, the bias record, and the specialists' section (None without specialists)."""
+    config, labels = context.config, data.y_test
+    teacher_logits = {m.name: predict_logits(m.model, data.x_test) for m in teachers.members}
+    models = {name: classification_metrics(logits, labels) for name, logits in teacher_logits.items()}
+    specialists = None
+    if teachers.is_ensemble:
+        reference = combine_log_probs(torch.stack(list(teacher_logits.values())), 1.0, config.ensemble.combine,
+                                      config.ensemble.weights)
+        models["ensemble"] = classification_metrics(reference, labels)
+    elif teachers.specialists:
+        generalist_logits = teacher_logits[teachers.members[0].name]
+        reference = teachers.specialists.combiner.log_probs(data.x_test, generalist_logits=generalist_logits)
+        models["specialists"] = classification_metrics(reference, labels)
+        seconds = {m.name: context.seconds[m.name] for m in teachers.specialists.models}
+        specialists = measure_specialists(teachers.specialists.combiner, teachers.specialists.clustering,
+                                          generalist_logits, reference, labels, seconds)
+    else:
+        reference = teacher_logits[teachers.members[0].name]
+    student_logits = {name: predict_logits(model.model, data.x_test) for name, model in students.items()}
+    for name, logits in student_logits.items():
+        models[name] = classification_metrics(logits, labels, reference)
+    bias, corrected = _bias_corrections(config, data, students["student"], student_logits["student"], absent)
+    for name, logits in corrected.items():
+        models[name] = classification_metrics(logits, labels, reference)
+    for name, model in models.items():
+        model.train_seconds = context.seconds.get(name)
+    return models, bias, specialists
+
+
+def _bias_corrections(config: RunConfig, data: Dataset, student: TrainedModel, student_logits: torch.Tensor,
+                      absent: list[int]) -> tuple[BiasRecord, dict[str, torch.Tensor]]:
+    """The student's test logits with the config's fixed shift, the automatic prior-matching shift, and, for
+    reference, the shift tuned on the test labels (how the paper chose its shifts)."""
+    bias, corrected = BiasRecord(absent), {}
+    if absent:
+        tuned = shift_tuned_on_labels(student_logits.cpu(), data.y_test.cpu(), absent)
+        corrected["student_bias_test_tuned"] = shift_logits(student_logits, dict.fromkeys(absent, tuned))
+        bias.test_tuned = BiasShift(tuned, "fewest test errors (uses test labels)")
+    if config.bias.fixed:
+        corrected["student_bias_fixed"] = shift_logits(student_logits, config.bias.fixed)
+        bias.fixed = config.bias.fixed
+    if config.bias.auto and absent:
+        train_logits = predict_logits(student.model, data.x_train)
+        prior = torch.isin(data.y_train.cpu(), torch.tensor(absent)).float().mean().item()
+        shift = prior_matching_shift(train_logits.cpu(), absent, prior)
+        corrected["student_bias_auto"] = shift_logits(student_logits, dict.fromkeys(absent, shift))
+        bias.auto = BiasShift(shift, "prior matching on the training inputs (no test labels)", prior)
+    return bias, corrected
+
+
+def _teacher_record(config: RunConfig, teachers: Teachers) -> TeacherRecord:
+    record = TeacherRecord(config.teacher.checkpoint,
+                           {m.name: MemberRecord(m.spec, m.checksum) for m in teachers.members})
+    if teachers.is_ensemble:
+        record.combine = EnsembleRecord(config.ensemble.combine, config.ensemble.weights)
+    if teachers.specialists:
+        record.specialists = {m.name: m.checksum for m in teachers.specialists.models}
+    return record
+
+
+def _run_record(context: RunContext, started: float) -> RunRecord:
+    return RunRecord(time.perf_counter() - started, {"base": context.seed, **context.seeds}, str(context.device),
+                     context.cluster.executor, versions(), context.git_sha, machine())

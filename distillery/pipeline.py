@@ -1,0 +1,108 @@
+"""`distillery run`: teachers -> transfer set -> soft targets -> student and baseline -> evaluation -> report.
+
+1. Teachers (distillery.teachers): one model, an ensemble of members trained in parallel on Ray, or a teacher
+   checkpoint; with specialists, the generalist's classes are clustered and one specialist per subset trains in
+   parallel too.
+2. The transfer set and its soft targets (distillery.soft_targets), computed once and cached.
+3. The student on the soft targets, and the baseline on hard labels (here, in the driver, through the same
+   resumable `ensembles.jobs.run_job` as every model).
+4. Evaluation (distillery.evaluation) writes metrics.json; the report (distillery.report) report.md.
+
+Every model's seed is derived from the run's seed and its name, and recorded in metrics.json. Models resume from
+their last epoch and the stages between them are sealed by manifests (distillery.manifests), so a rerun with
+`resume=True` reuses what finished from the same inputs and reruns whatever was computed from inputs that changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+from distill.config import RunConfig
+from distill.data import Dataset, load_dataset, make_transfer_set
+from distill.errors import ConfigError
+from distill.models import create_model
+from ensembles.fanout import task_resources
+from ensembles.ray_connection import ray_session
+from distillery.context import RunContext
+from distillery.evaluation import evaluate
+from distillery.metrics import RunMetrics
+from distillery.progress import Progress
+from distillery.report import report_manifest, write_report
+from distillery.run_folder import prepare_run_folder
+from distillery.soft_targets import soft_targets
+from distillery.teachers import load_teacher, train_specialists, train_teachers
+
+
+def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = False, progress: bool = False,
+        address: str | None = None, resume: bool = False) -> RunMetrics:
+    """Run the whole pipeline and write config.yaml, checkpoints, metrics.json and report.md into `out_dir`.
+
+    Everything that can be checked before training (data, class ids, model specs, a given teacher checkpoint,
+    the transfer set, the run folder) is checked before the run folder is written to. `address` names the Ray
+    cluster to join (None: a private local one); `resume` continues a run in `out_dir` made with the same config.
+    """
+    started = time.perf_counter()
+    context = RunContext(config, out_dir, Progress(progress))
+    data = load_dataset(config.data.name, data_root, config.data.options, download).to(context.device)
+    _check_against_data(config, data)
+    context.data_key = data.fingerprint()
+    transfer = make_transfer_set(data.y_train, data.num_classes, config.transfer.fraction,
+                                 config.transfer.omit_classes, config.transfer.keep_classes,
+                                 seed=context.model_seed("transfer"))
+    loaded_teacher = load_teacher(context, data) if config.teacher.checkpoint else None
+    if not _uses_ray(config, address):
+        context.cluster = dataclasses.replace(config.cluster, executor="local")
+    with ray_session(address) if context.cluster.executor == "ray" else nullcontext():
+        if context.cluster.executor == "ray":
+            task_resources(config.cluster, tasks=1)  # a request no node can meet fails now, not after hours
+        prepare_run_folder(context.out_dir, config, resume)
+        context.progress.announce("teacher" if loaded_teacher else "teachers")
+        teachers = loaded_teacher or train_teachers(context, data)
+        if config.specialists.count:
+            teachers.specialists = train_specialists(context, data, teachers.members[0])
+        inputs, labels = data.x_train[transfer.indices], data.y_train[transfer.indices]
+        context.progress.announce("soft targets")
+        targets = soft_targets(context, teachers, inputs)
+    student = config.student
+    context.progress.announce("student")
+    students = {"student": context.fit("student", student.model, data, inputs, labels, student.train, student.loss,
+                                       targets, upstream={"teachers": teachers.checksums})}
+    if config.baseline.enabled:
+        context.progress.announce("baseline")
+        students["baseline"] = context.fit("baseline", student.model, data, inputs, labels, student.train)
+    context.progress.announce("evaluation and report")
+    metrics = evaluate(context, data, teachers, students, transfer, started)
+    report = report_manifest(context.out_dir, config)
+    if not report.reusable():
+        report.seal(write_report(context.out_dir, config, metrics))
+    return metrics
+
+
+def _uses_ray(config: RunConfig, address: str | None) -> bool:
+    """Ray fans out several models at once. A run that trains one model at a time (a lone teacher, no
+    specialists) would only pay Ray's start-up, so it runs in this process unless --address names a cluster."""
+    parallel = config.ensemble.size > 1 or config.specialists.count > 0
+    return config.cluster.executor == "ray" and (parallel or address is not None)
+
+
+def _check_against_data(config: RunConfig, data: Dataset) -> None:
+    """Fail before hours of training when the config cannot fit the data: class ids and model arguments."""
+    for cls in config.bias.fixed:
+        if not 0 <= cls < data.num_classes:
+            raise ConfigError(f"bias.fixed names class {cls}, but {data.name} has classes 0..{data.num_classes - 1}")
+    for spec in (config.teacher.model, *config.ensemble.models, config.student.model):
+        create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs)
+    specialists, classes = config.specialists, data.num_classes
+    if specialists.count:
+        clustering = specialists.clustering
+        if specialists.count > classes:
+            raise ConfigError(f"specialists.count={specialists.count} is more than the {classes} classes of {data.name}")
+        if clustering.min_size >= classes or (clustering.max_size or 0) > classes:
+            raise ConfigError(f"specialists.clustering subset sizes (min {clustering.min_size}, max "
+                              f"{clustering.max_size}) must be below the {classes} classes of {data.name}")
+        if config.student.train.augment_shift:
+            raise ConfigError("student.train.augment_shift needs a teacher run on each augmented batch, which "
+                              "specialists do not support: set it to 0")

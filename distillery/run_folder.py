@@ -1,0 +1,46 @@
+"""The run folder's rules (docs/run-folder.md): one run per folder, continued only with `--resume` and the same
+config, where only the `cluster` section may change: where a run computes does not change what it computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from distill.config import RunConfig, dump_config, to_dict
+from distill.errors import ConfigError
+from distill.storage import atomic_write_text
+
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+REPORT = "report.md"
+
+
+def prepare_run_folder(out_dir: Path, config: RunConfig, resume: bool) -> None:
+    """Write config.yaml, refusing to mix two runs in one folder: a finished model there would be reused."""
+    saved = out_dir / CONFIG
+    if saved.is_file() and not resume:
+        raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    if saved.is_file() and (difference := _first_difference(saved, config)):
+        raise ConfigError(f"--resume: {out_dir} holds a run of a different config ({difference})"
+                          "; rerun with its config.yaml or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, dump_config(config))
+
+
+def computed_settings(config: RunConfig | dict) -> dict:
+    """The config without its `cluster` section: where a run computes does not change what it computes."""
+    return {key: value for key, value in (to_dict(config) if isinstance(config, RunConfig) else config).items()
+            if key != "cluster"}
+
+
+def _first_difference(saved: Path, config: RunConfig) -> str | None:
+    """The first setting outside `cluster` on which the saved config and this one differ, or None."""
+    def flat(node, prefix=""):
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}{key}.").items()}
+
+    old, new = (flat(computed_settings(c)) for c in (yaml.safe_load(saved.read_text()), config))
+    key = next((k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)), None)
+    return key and f"{key.rstrip('.')}: {old.get(key)!r} there, {new.get(key)!r} now"

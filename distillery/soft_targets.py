@@ -1,0 +1,53 @@
+"""What the teachers give the student on the transfer set: soft targets, computed once and cached.
+
+One teacher or an ensemble: each model's logits, cached by its checkpoint's checksum (`distill.logit_cache`) and
+computed in parallel shards on Ray when missing; an ensemble averages them at the student's temperature. A
+generalist with specialists: their eq. 5 combination at that temperature, cached by the checksums of every model,
+whole or as each row's top-k probabilities. When the student's inputs are augmented, there is nothing to cache:
+the teacher runs on each augmented batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from distill.logit_cache import cached_logits
+from distill.storage import cache_home
+from distill.train import SoftTargets, TopKSoftTargets
+from ensembles.averaging import Ensemble, ensemble_logits
+from ensembles.fanout import predict_all
+from distillery.context import RunContext
+from distillery.teachers import Teachers
+
+
+def soft_targets(context: RunContext, teachers: Teachers, inputs: torch.Tensor
+                 ) -> SoftTargets | TopKSoftTargets | None:
+    """The student's soft targets on `inputs` (the transfer set), or None when it learns from labels only."""
+    config = context.config
+    loss = config.student.loss
+    if not loss.w_soft:
+        return None
+    if teachers.specialists:
+        return _combined_soft_targets(context, teachers, inputs)
+    members = teachers.members
+    if config.student.train.augment_shift:
+        return SoftTargets(teacher=Ensemble([m.model for m in members], loss.temperature, config.ensemble.combine,
+                                            config.ensemble.weights) if teachers.is_ensemble else members[0].model)
+    compute = lambda names: predict_all({m.name: m.path for m in members if m.name in names}, inputs,  # noqa: E731
+                                        context.cluster)
+    logits = cached_logits(teachers.checksums, inputs, cache_home() / "soft_targets", compute)
+    if not teachers.is_ensemble:
+        return SoftTargets(logits=logits[members[0].name])
+    stacked = torch.stack([logits[m.name] for m in members])
+    return SoftTargets(logits=ensemble_logits(stacked, loss.temperature, config.ensemble.combine,
+                                              config.ensemble.weights))
+
+
+def _combined_soft_targets(context: RunContext, teachers: Teachers, inputs: torch.Tensor
+                           ) -> SoftTargets | TopKSoftTargets:
+    temperature, combiner = context.config.student.loss.temperature, teachers.specialists.combiner
+    key = combiner.identity(teachers.checksums, temperature)
+    compute = lambda names: {"combined": temperature * combiner.log_probs(inputs, temperature)}  # noqa: E731
+    logits = cached_logits({"combined": key}, inputs, cache_home() / "soft_targets", compute)["combined"]
+    top_k = context.config.specialists.targets_top_k
+    return TopKSoftTargets.from_logits(logits, temperature, top_k) if top_k else SoftTargets(logits=logits)
