@@ -1,6 +1,6 @@
 """Finding specialist subsets at JFT scale: C = 15,000 classes, N = 100,000 generalist predictions.
 
-    .venv/bin/python benchmarks/clustering.py
+    python benchmarks/clustering.py [--out benchmarks/results]
 
 Goal: covariance and clustering within 5 minutes and 8 GiB peak memory on this machine. The predictions are
 synthetic and streamed (never N x C at once): the classes fall into hidden groups; each row draws a true class
@@ -17,21 +17,16 @@ measurement, so the main peak memory is read before it.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-from distill.provenance import git_sha, machine, versions
-from distill.storage import atomic_write_json
+from distillery.benchmark import parser, write_result
 from specialists.covariance import CovarianceAccumulator
 from specialists.subsets import adjusted_rand_index, find_subsets, normalised_columns
 
-RESULTS = Path(__file__).parent / "results" / "clustering.json"
 log = logging.getLogger("clustering")
 
 
@@ -112,21 +107,20 @@ def exact_against_top_k(groups: torch.Tensor, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--classes", type=int, default=15_000)
-    parser.add_argument("--rows", type=int, default=100_000, help="N, the predictions streamed")
-    parser.add_argument("--groups", type=int, default=61, help="hidden groups, and the subsets asked for")
-    parser.add_argument("--batch", type=int, default=2_000)
-    parser.add_argument("--top-k", type=int, default=64)
-    parser.add_argument("--noise", type=float, default=2.0, help="std of the logit noise")
-    parser.add_argument("--group-bump", type=float, default=7.0)
-    parser.add_argument("--true-bump", type=float, default=8.0, help="on top of the group bump")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--algorithms", nargs="+", default=["kmeans", "online"])
-    parser.add_argument("--exact-rows", type=int, default=5_000, help="rows for the exact check (0: skip it)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    arguments = parser(__doc__.split("\n\n")[0])
+    arguments.add_argument("--classes", type=int, default=15_000)
+    arguments.add_argument("--rows", type=int, default=100_000, help="N, the predictions streamed")
+    arguments.add_argument("--groups", type=int, default=61, help="hidden groups, and the subsets asked for")
+    arguments.add_argument("--batch", type=int, default=2_000)
+    arguments.add_argument("--top-k", type=int, default=64)
+    arguments.add_argument("--noise", type=float, default=2.0, help="std of the logit noise")
+    arguments.add_argument("--group-bump", type=float, default=7.0)
+    arguments.add_argument("--true-bump", type=float, default=8.0, help="on top of the group bump")
+    arguments.add_argument("--temperature", type=float, default=1.0)
+    arguments.add_argument("--algorithms", nargs="+", default=["kmeans", "online"])
+    arguments.add_argument("--exact-rows", type=int, default=5_000, help="rows for the exact check (0: skip it)")
+    arguments.add_argument("--seed", type=int, default=0)
+    args = arguments.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     groups = hidden_groups(args.classes, args.groups, args.seed)
 
@@ -152,7 +146,6 @@ def main() -> None:
     exact = exact_against_top_k(groups, args) if args.exact_rows else None
 
     result = {
-        "command": " ".join(["python", "benchmarks/clustering.py", *sys.argv[1:]]),
         "goal": "accumulate + covariance + clustering <= 300 s and <= 8 GiB peak RSS",
         "configuration": {"classes": args.classes, "rows": args.rows, "groups": args.groups, "batch": args.batch,
                           "top_k": args.top_k, "noise": args.noise, "group_bump": args.group_bump,
@@ -164,13 +157,12 @@ def main() -> None:
         "total_seconds_with_generation": {name: round(seconds + streaming["generate_seconds"], 1)
                                           for name, seconds in totals.items()},
         "peak_rss_gib": main_peak, "exact_against_top_k": exact,
-        "torch_threads": torch.get_num_threads(), "versions": versions(), "git_sha": git_sha(),
-        "machine": machine(),
+        "torch_threads": torch.get_num_threads(),
     }
-    atomic_write_json(args.out, result)
+    path = write_result(args.out, "clustering", result)
     log.info("total without generation %s s (generation %.1f s), peak RSS %.2f GiB, ARI %s -> %s", totals,
              streaming["generate_seconds"], main_peak,
-             {name: entry["ari"] for name, entry in clustering.items()}, args.out)
+             {name: entry["ari"] for name, entry in clustering.items()}, path)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Why the clustering softens the predictions and normalises the columns: ARI of each choice on one run.
 
-    .venv/bin/python benchmarks/clustering_choices.py [--run runs/synthetic_specialists]
+    python benchmarks/clustering_choices.py [--run runs/synthetic_specialists] [--out benchmarks/results]
 
 Takes the generalist of a finished specialist run whose data set knows its groups, computes the covariance of its
 predictions on the training inputs at several temperatures, clusters raw and normalised columns (diagonal zeroed,
@@ -10,8 +10,6 @@ benchmarks/results/clustering_choices.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -20,23 +18,24 @@ from distill.checkpoint import load_checkpoint
 from distill.config import load_config
 from distill.data import load_dataset, resolve_data_root
 from distill.train import predict_logits
+from distillery.benchmark import parser, write_result
+from distillery.metrics import read_metrics
+from distillery.run_folder import CONFIG, METRICS
 from specialists.covariance import CovarianceAccumulator
 from specialists.subsets import adjusted_rand_index, find_subsets, normalised_columns
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/synthetic_specialists"))
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0])
-    args = parser.parse_args()
-    config = load_config(args.run / "config.yaml")
+    arguments = parser(__doc__.split("\n\n")[0])
+    arguments.add_argument("--run", type=Path, default=Path("runs/synthetic_specialists"))
+    arguments.add_argument("--data-root", default=None)
+    arguments.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    args = arguments.parse_args()
+    config = load_config(args.run / CONFIG)
     data = load_dataset(config.data.name, resolve_data_root(args.data_root), config.data.options)
     generalist, _ = load_checkpoint(args.run / "generalist.pt")
     logits = predict_logits(generalist, data.x_train)
-    seed = json.loads((args.run / "metrics.json").read_text())["run"]["seeds"]["clustering"]
+    seed = read_metrics(args.run / METRICS).run.seeds["clustering"]
     rows = []
     for temperature in args.temperatures:
         accumulator = CovarianceAccumulator(data.num_classes)
@@ -50,9 +49,8 @@ def main() -> None:
                          "ari": adjusted_rand_index(subsets.clusters, data.groups),
                          "smallest_subset": min(sizes), "largest_subset": max(sizes)})
             print(rows[-1])
-    (RESULTS / "clustering_choices.json").write_text(json.dumps(
-        {"command": f"python benchmarks/clustering_choices.py --run {args.run}", "data": config.data.name,
-         "options": config.data.options, "count": config.specialists.count, "rows": rows}, indent=1) + "\n")
+    write_result(args.out, "clustering_choices", {"data": config.data.name, "options": config.data.options,
+                                                  "count": config.specialists.count, "rows": rows})
 
 
 if __name__ == "__main__":

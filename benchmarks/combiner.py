@@ -1,6 +1,6 @@
 """The eq. 5 combiner: EM against the paper's gradient descent, and its cost next to the networks' forward pass.
 
-    .venv/bin/python benchmarks/combiner.py
+    python benchmarks/combiner.py [--out benchmarks/results]
 
 (a) Solvers. At C = 1,000 and C = 15,000 classes, on one synthetic batch: peaked generalist probabilities
 (softmax of 3 * randn logits), specialists on random overlapping subsets (each S classes drawn independently,
@@ -21,21 +21,16 @@ generalist + specialists seconds (median over interleaved repeats); the goal is 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 from distill.models import create_model
-from distill.provenance import git_sha, machine, versions
-from distill.storage import atomic_write_json
+from distillery.benchmark import parser, write_result
 from specialists.eq5 import active_specialists, objective, solve_em, solve_gradient, specialist_batch
 
-RESULTS = Path(__file__).parent / "results" / "combiner.json"
 SOLVER_CASES = [{"classes": 1_000, "specialists": 20, "size": 50, "batch": 256},
                 {"classes": 15_000, "specialists": 61, "size": 300, "batch": 64}]
 SHARE_CASES = [{"classes": 1_000, "size": 50}, {"classes": 15_000, "size": 300}]
@@ -179,25 +174,22 @@ def forward_share(case: dict, batch: int, top_ns: list[int], repeats: int, seed:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--active", type=int, default=10, help="active specialists per input in part (a)")
-    parser.add_argument("--batch", type=int, default=1024, help="inputs per batch in part (b)")
-    parser.add_argument("--top-n", type=int, nargs="+", default=[1, 10], help="routing rules in part (b)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    arguments = parser(__doc__.split("\n\n")[0])
+    arguments.add_argument("--active", type=int, default=10, help="active specialists per input in part (a)")
+    arguments.add_argument("--batch", type=int, default=1024, help="inputs per batch in part (b)")
+    arguments.add_argument("--top-n", type=int, nargs="+", default=[1, 10], help="routing rules in part (b)")
+    arguments.add_argument("--repeats", type=int, default=5)
+    arguments.add_argument("--seed", type=int, default=0)
+    args = arguments.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     solvers = [compare_solvers(case, args.active, args.repeats, args.seed) for case in SOLVER_CASES]
     shares = [row for case in SHARE_CASES for row in forward_share(case, args.batch, args.top_n, args.repeats,
                                                                      args.seed)]
-    atomic_write_json(args.out, {
-        "command": " ".join(["python", "benchmarks/combiner.py", *sys.argv[1:]]),
+    path = write_result(args.out, "combiner", {
         "goals": {"solvers": "gradient_over_em >= 50 at equal objective", "share": "combiner a small share"},
         "configuration": {"solver_cases": SOLVER_CASES, "share_cases": SHARE_CASES, "input": INPUT,
                           "hidden": HIDDEN, "logit_std": LOGIT_STD, "repeats": args.repeats, "seed": args.seed},
-        "solvers": solvers, "share": shares, "torch_threads": torch.get_num_threads(), "versions": versions(),
-        "git_sha": git_sha(), "machine": machine()})
+        "solvers": solvers, "share": shares, "torch_threads": torch.get_num_threads()})
     for row in solvers:
         log.info("C=%d: gradient %.1f s / EM %.3f s = %.0fx, max |dq| %.1e, objective gap %.1e", row["classes"],
                  row["gradient_seconds"], row["em_seconds"], row["gradient_over_em"],
@@ -205,7 +197,7 @@ def main() -> None:
     for row in shares:
         log.info("C=%d top_n=%d: combiner %.3f s = %.2f x (generalist + specialists)", row["classes"],
                  row["top_n"], row["combiner_seconds"], row["combiner_share_of_forward"])
-    log.info("-> %s", args.out)
+    log.info("-> %s", path)
 
 
 if __name__ == "__main__":

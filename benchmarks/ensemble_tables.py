@@ -1,44 +1,44 @@
-"""Collect the ensemble runs into benchmarks/results/ensembles.{json,md} (method.md section 3).
+"""Collect the ensemble runs into benchmarks/results/ensembles.{json,md} (docs/method.md section 3).
 
     distillery run configs/mnist_ensemble.yaml   --out runs/mnist_ensemble   --data-root ../shared/datasets
     distillery run configs/fashion_ensemble.yaml --out runs/fashion_ensemble --data-root ../shared/datasets
-    .venv/bin/python benchmarks/ensemble_tables.py
+    python benchmarks/ensemble_tables.py [--runs runs] [--out benchmarks/results]
 
 The gain kept by a model is (its accuracy - the members' mean accuracy) / (ensemble accuracy - the members' mean
 accuracy): the paper's "86 % of the improvement" (speech, 10 members). The hard-label model of the same
-architecture is shown the same way, as the reference a student has to beat.
+architecture is shown the same way, as the reference a student has to beat. A run not in --runs keeps its
+committed entry.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from statistics import mean
 
 from distill.provenance import short_sha
+from distillery.benchmark import TableEntry, parser, write_table
+from distillery.metrics import RunMetrics
 
-RESULTS = Path(__file__).parent / "results"
 RUNS = {"mnist": "mnist_ensemble", "fashion_mnist": "fashion_ensemble"}
 COLUMNS = ("accuracy", "errors", "nll", "ece", "agreement", "kl_to_teacher")
 
 
-def summarise(metrics: dict) -> dict:
-    models = metrics["models"]
-    members = {name: m for name, m in models.items() if name.startswith("member_")}
-    single = mean(m["accuracy"] for m in members.values())
-    gain = models["ensemble"]["accuracy"] - single
-    kept = lambda name: (models[name]["accuracy"] - single) / gain if gain > 0 else None  # noqa: E731
+def summarise(metrics: RunMetrics) -> dict:
+    models = metrics.models
+    members = {name: models[name] for name in metrics.teacher.members}
+    single = mean(m.accuracy for m in members.values())
+    gain = models["ensemble"].accuracy - single
+    kept = lambda name: (models[name].accuracy - single) / gain if gain > 0 else None  # noqa: E731
     return {
         "members": len(members), "member_mean_accuracy": single,
-        "member_accuracy_range": [min(m["accuracy"] for m in members.values()),
-                                  max(m["accuracy"] for m in members.values())],
+        "member_accuracy_range": [min(m.accuracy for m in members.values()), max(m.accuracy for m in members.values())],
         "ensemble_gain": gain, "student_gain_kept": kept("student"), "baseline_gain_kept": kept("baseline"),
-        "models": {name: {key: m[key] for key in COLUMNS if key in m} for name, m in models.items()},
-        "wall_seconds": metrics["run"]["seconds"],
-        "member_train_seconds": sum(m["train_seconds"] for m in members.values()),
-        "student_train_seconds": models["student"]["train_seconds"],
-        "git_sha": metrics["run"]["git_sha"], "machine": metrics["run"]["machine"],
+        "models": {name: {key: getattr(m, key) for key in COLUMNS if getattr(m, key) is not None}
+                   for name, m in models.items()},
+        "wall_seconds": metrics.run.seconds,
+        "member_train_seconds": sum(m.train_seconds for m in members.values()),
+        "student_train_seconds": models["student"].train_seconds,
+        "git_sha": metrics.run.git_sha, "machine": metrics.run.machine,
     }
 
 
@@ -63,14 +63,11 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=Path, default=Path("runs"))
-    args = parser.parse_args()
-    results = {name: summarise(json.loads((args.runs / run / "metrics.json").read_text()))
-               for name, run in RUNS.items() if (args.runs / run / "metrics.json").is_file()}
-    (RESULTS / "ensembles.json").write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / "ensembles.md").write_text(markdown(results))
-    print(markdown(results))
+    arguments = parser(__doc__.split("\n\n")[0])
+    arguments.add_argument("--runs", type=Path, default=Path("runs"), help="the run folders (default runs)")
+    args = arguments.parse_args()
+    entries = [TableEntry(name, args.runs / run, summarise) for name, run in RUNS.items()]
+    print(markdown(write_table(args.out, "ensembles", entries, markdown)))
 
 
 if __name__ == "__main__":

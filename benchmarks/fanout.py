@@ -4,15 +4,13 @@ Both sides run the same jobs (same seeds, same data) in one invocation on this m
 ray wall / sequential wall, with the fixed cost of starting (and stopping) a local Ray measured apart.
 The sequential side uses torch's default threads (all cores), the Ray side one thread per 1-CPU worker.
 
-    .venv/bin/python benchmarks/fanout.py --members 4
+    python benchmarks/fanout.py --members 4 [--out benchmarks/results]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,12 +19,11 @@ import torch
 
 from distill.config import ClusterConfig, ModelSpec, TrainConfig
 from distill.data import load_dataset
-from distill.provenance import git_sha, machine
-from ensembles.ray_connection import ray_session
+from distillery.benchmark import parser, write_result
 from ensembles.fanout import train_jobs
 from ensembles.jobs import JobData, TrainJob
+from ensembles.ray_connection import ray_session
 
-RESULTS = Path(__file__).parent / "results" / "fanout.json"
 DATA = {"classes": 20, "groups": 4, "dim": 64, "train_per_class": 1000, "test_per_class": 50}
 
 
@@ -45,10 +42,10 @@ def timed(function, *args) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--members", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=5)
-    args = parser.parse_args()
+    arguments = parser(__doc__.split("\n\n")[0])
+    arguments.add_argument("--members", type=int, default=4)
+    arguments.add_argument("--epochs", type=int, default=5)
+    args = arguments.parse_args()
     jobs = make_jobs(args.members, args.epochs)
     scratch = Path(tempfile.mkdtemp(prefix="fanout-"))
     try:
@@ -62,16 +59,14 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch)
     result = {
-        "command": "python benchmarks/fanout.py " + " ".join(sys.argv[1:]),
         "members": args.members, "epochs": args.epochs, "data": DATA, "model": "mlp 512-512, batch 64",
         "sequential_seconds": round(sequential, 2), "ray_seconds": round(fanned, 2),
         "ray_over_sequential": round(fanned / sequential, 3),
         "ray_with_start_and_stop_over_sequential": round((fanned + ray_start + ray_stop) / sequential, 3),
         "ray_start_seconds": round(ray_start, 2), "ray_stop_seconds": round(ray_stop, 2),
-        "torch_threads_sequential": torch.get_num_threads(), "git_sha": git_sha(), "machine": machine(),
+        "torch_threads_sequential": torch.get_num_threads(),
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.out, "fanout", result)
     print(json.dumps(result, indent=1))
 
 

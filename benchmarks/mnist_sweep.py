@@ -8,18 +8,22 @@ student variants on it. Every run's metrics.json and wall time go into one summa
 Choosing the teacher by its test errors is model selection on the test set: the summary keeps every variant's
 numbers so a reader can see how much that choice is worth.
 
-    python benchmarks/mnist_sweep.py --out runs/sweep --data-root ../shared/datasets --device cuda
+    python benchmarks/mnist_sweep.py --runs runs/sweep --data-root ../shared/datasets --device cuda
+
+Each run goes to RUNS/NAME; the summary (every run's errors, return code and wall time) to RUNS/summary.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from distillery.benchmark import distillery_command, write_result
+from distillery.metrics import read_metrics
+from distillery.run_folder import METRICS
 
 NO_BASELINE = ["baseline.enabled=false"]
 NO_INPUT_DROPOUT = ["teacher.model.kwargs.dropout_input=0.0"]
@@ -44,16 +48,10 @@ STUDENT_RUNS = {
 }
 
 
-def cli_command(config: str, out: Path, data_root: str, overrides: list[str]) -> list[str]:
-    """`distillery run CONFIG --out OUT --data-root ROOT --set ...` with this interpreter's installation."""
-    command = [sys.executable, "-m", "distillery", "run", config, "--out", str(out), "--data-root", data_root]
-    return command + [arg for override in overrides for arg in ("--set", override)]
-
-
 def launch(name: str, config: str, overrides: list[str], args: argparse.Namespace) -> tuple[subprocess.Popen, float]:
-    out = args.out / name
+    out = args.runs / name
     out.mkdir(parents=True, exist_ok=True)
-    command = cli_command(config, out, args.data_root, [f"device={args.device}", *overrides])
+    command = distillery_command(config, out, args.data_root, [f"device={args.device}", *overrides])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), DISTILLERY_CACHE=str(out / "cache"))
     log = open(out / "log.txt", "w")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), time.monotonic()
@@ -74,24 +72,23 @@ def run_stage(jobs: dict[str, tuple[str, list[str]]], args: argparse.Namespace, 
 
 def record(name: str, job: tuple[str, list[str]], process: subprocess.Popen, started: float,
            args: argparse.Namespace) -> dict:
-    out = args.out / name
+    out = args.runs / name
     result = {"config": job[0], "overrides": job[1], "returncode": process.returncode,
-              "seconds": round(time.monotonic() - started, 1)}
-    metrics = out / "metrics.json"
-    if process.returncode == 0 and metrics.is_file():
-        result["metrics"] = json.loads(metrics.read_text())
+              "seconds": round(time.monotonic() - started, 1), "errors": {}}
+    if process.returncode == 0 and (out / METRICS).is_file():
+        result["errors"] = {model: metrics.errors for model, metrics in read_metrics(out / METRICS).models.items()}
     else:
         result["log_tail"] = (out / "log.txt").read_text()[-2000:]
     return result
 
 
 def teacher_errors(result: dict) -> float:
-    return result["metrics"]["models"]["teacher"]["errors"] if "metrics" in result else float("inf")
+    return result["errors"].get("teacher", float("inf"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--runs", type=Path, required=True, help="folder of the runs and the summary")
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
@@ -99,21 +96,19 @@ def main() -> None:
     parser.add_argument("--student-limit", type=float, default=150, help="seconds for stage 2")
     args = parser.parse_args()
 
-    summary = {"command": " ".join(sys.argv), "teachers": {}, "students": {}}
+    summary = {"teachers": {}, "students": {}}
     summary["teachers"] = run_stage({name: ("configs/mnist.yaml", overrides)
                                      for name, overrides in TEACHER_VARIANTS.items()}, args, args.teacher_limit)
     best = min(summary["teachers"], key=lambda name: teacher_errors(summary["teachers"][name]))
     summary["best_teacher"] = best
     if teacher_errors(summary["teachers"][best]) < float("inf"):
-        checkpoint = f"teacher.checkpoint={args.out / best / 'teacher.pt'}"
+        checkpoint = f"teacher.checkpoint={args.runs / best / 'teacher.pt'}"
         jobs = {name: (config, overrides + [checkpoint]) for name, (config, overrides) in STUDENT_RUNS.items()}
         summary["students"] = run_stage(jobs, args, args.student_limit)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_result(args.runs, "summary", summary)
     for stage in ("teachers", "students"):
         for name, result in summary[stage].items():
-            models = result.get("metrics", {}).get("models", {})
-            print(stage, name, result["returncode"], result["seconds"],
-                  {model: values["errors"] for model, values in models.items()})
+            print(stage, name, result["returncode"], result["seconds"], result["errors"])
 
 
 if __name__ == "__main__":

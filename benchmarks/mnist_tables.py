@@ -8,104 +8,96 @@ Run the configs first (the omit3, only78 and 3pct ones reuse the teacher of mnis
     distillery run configs/mnist_omit3.yaml  --out runs/mnist_omit3  --data-root ../shared/datasets
     distillery run configs/mnist_only78.yaml --out runs/mnist_only78 --data-root ../shared/datasets
     distillery run configs/mnist_3pct.yaml   --out runs/mnist_3pct   --data-root ../shared/datasets
-    .venv/bin/python benchmarks/mnist_tables.py
+    python benchmarks/mnist_tables.py [--runs runs] [--out benchmarks/results]
+
+Each run gives its rows; a run not in --runs keeps its committed rows (runs made on another host or in an earlier
+session), and every row names the commit and machine it came from.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+from functools import partial
 from pathlib import Path
 
+from distill.evaluate import ModelMetrics
 from distill.provenance import short_sha
+from distillery.benchmark import TableEntry, parser, write_table
+from distillery.metrics import RunMetrics
 
 TEST_THREES = 1010
 
 
-def _load(runs: Path, name: str) -> dict:
-    return json.loads((runs / name / "metrics.json").read_text())
+def _row(setting: str, paper: str, ours: str, command: str, metrics: RunMetrics, seconds: float | None) -> dict:
+    return {"setting": setting, "paper": paper, "ours": ours, "command": command, "git_sha": metrics.run.git_sha,
+            "seconds": round(seconds or 0.0, 1), "machine": metrics.run.machine}
 
 
-def _row(setting: str, paper: str, ours: str, run: str, metrics: dict, seconds: float) -> dict:
-    return {"setting": setting, "paper": paper, "ours": ours, "command": _command(run),
-            "git_sha": metrics["run"]["git_sha"], "seconds": round(seconds, 1), "machine": metrics["run"]["machine"]}
+def _three_errors(model: ModelMetrics) -> str:
+    return f"{model.errors} errors, {model.per_class_errors[3]} of them on the {TEST_THREES} test 3s"
 
 
-def _three_errors(model: dict) -> str:
-    return f"{model['errors']} errors, {model['per_class_errors'][3]} of them on the {TEST_THREES} test 3s"
+def _error_rate(model: ModelMetrics) -> str:
+    return f"{100 * (1 - model.accuracy):.1f} %"
 
 
-def main_rows(name: str, run: dict) -> list[dict]:
-    m = run["models"]
+def _teacher_of(run: RunMetrics) -> str:
+    return f"teacher {run.teacher.checkpoint}"
+
+
+def main_rows(command: str, run: RunMetrics) -> list[dict]:
+    m = run.models
     return [
-        _row("teacher 1200-1200, dropout, max-norm, 2-px jitter (test errors)", "67", str(m["teacher"]["errors"]),
-             name, run, m["teacher"]["train_seconds"]),
-        _row("student 800-800, hard labels", "146", str(m["baseline"]["errors"]), name, run,
-             m["baseline"]["train_seconds"]),
-        _row("student 800-800, soft targets T = 20", "74", str(m["student"]["errors"]), name, run,
-             m["student"]["train_seconds"]),
+        _row("teacher 1200-1200, dropout, max-norm, 2-px jitter (test errors)", "67", str(m["teacher"].errors),
+             command, run, m["teacher"].train_seconds),
+        _row("student 800-800, hard labels", "146", str(m["baseline"].errors), command, run,
+             m["baseline"].train_seconds),
+        _row("student 800-800, soft targets T = 20", "74", str(m["student"].errors), command, run,
+             m["student"].train_seconds),
         _row("100 % of the data, hard labels (test accuracy; the 3 % rows below)", "58.9 % (speech)",
-             f"{100 * m['baseline']['accuracy']:.2f} %", name, run, m["baseline"]["train_seconds"]),
+             f"{100 * m['baseline'].accuracy:.2f} %", command, run, m["baseline"].train_seconds),
     ]
 
 
-def omit3_rows(name: str, run: dict) -> list[dict]:
-    return bias_rows(name, run, f"every 3 omitted from the transfer set ({_teacher_of(run)})",
+def omit3_rows(command: str, run: RunMetrics) -> list[dict]:
+    return bias_rows(command, run, f"every 3 omitted from the transfer set ({_teacher_of(run)})",
                      ("206 errors, 133 on 3s", "109 errors, 14 on 3s"), "  + bias of 3 raised by 3.5 (tuned on test)",
                      _three_errors, sign=1, classes="")
 
 
-def only78_rows(name: str, run: dict) -> list[dict]:
-    return bias_rows(name, run, f"transfer set of only 7s and 8s (test error; {_teacher_of(run)})",
+def only78_rows(command: str, run: RunMetrics) -> list[dict]:
+    return bias_rows(command, run, f"transfer set of only 7s and 8s (test error; {_teacher_of(run)})",
                      ("47.3 %", "13.2 %"), "  + biases of 7 and 8 lowered by 7.6 (tuned on test)", _error_rate,
                      sign=-1, classes=" on 7 and 8")
 
 
-def bias_rows(name: str, run: dict, setting: str, paper: tuple[str, str], fixed: str, score, sign: int,
+def bias_rows(command: str, run: RunMetrics, setting: str, paper: tuple[str, str], fixed: str, score, sign: int,
               classes: str) -> list[dict]:
     """A transfer set missing classes: the student uncorrected, with the paper's shift, with the automatic shift and
     with the shift tuned on our test set. `sign` -1 shows shifts that lower the absent classes' biases as lowerings."""
-    m, bias = run["models"], run["bias"]
-    auto, tuned = (sign * bias[k]["shift_on_absent_classes"] for k in ("auto", "test_tuned"))
+    m, bias = run.models, run.bias
+    auto, tuned = (sign * shift.shift_on_absent_classes for shift in (bias.auto, bias.test_tuned))
     return [
-        _row(setting, paper[0], score(m["student"]), name, run, m["student"]["train_seconds"]),
-        _row(fixed, paper[1], score(m["student_bias_fixed"]), name, run, 0.0),
+        _row(setting, paper[0], score(m["student"]), command, run, m["student"].train_seconds),
+        _row(fixed, paper[1], score(m["student_bias_fixed"]), command, run, 0.0),
         _row(f"  + automatic shift {auto:+.2f}{classes} (prior matching, no test labels)", "-",
-             score(m["student_bias_auto"]), name, run, 0.0),
+             score(m["student_bias_auto"]), command, run, 0.0),
         _row(f"  + shift {tuned:+.2f}{classes} tuned on our test set (the paper's procedure)", "-",
-             score(m["student_bias_test_tuned"]), name, run, 0.0),
+             score(m["student_bias_test_tuned"]), command, run, 0.0),
     ]
 
 
-def small_rows(name: str, run: dict) -> list[dict]:
-    s = run["models"]
+def small_rows(command: str, run: RunMetrics) -> list[dict]:
+    s = run.models
     return [
-        _row("3 % of the data, hard labels (test accuracy)", "44.5 % (speech)", f"{100 * s['baseline']['accuracy']:.2f} %",
-             name, run, s["baseline"]["train_seconds"]),
+        _row("3 % of the data, hard labels (test accuracy)", "44.5 % (speech)", f"{100 * s['baseline'].accuracy:.2f} %",
+             command, run, s["baseline"].train_seconds),
         _row(f"3 % of the data, soft targets ({_teacher_of(run)})", "57.0 % (speech)",
-             f"{100 * s['student']['accuracy']:.2f} %", name, run, s["student"]["train_seconds"]),
+             f"{100 * s['student'].accuracy:.2f} %", command, run, s["student"].train_seconds),
     ]
 
 
-# The paper's experiments, one run each: rows from the run folder, else the committed rows (another host's run).
+# The paper's experiments, one run each.
 PAPER_RUNS = {"mnist": main_rows, "mnist_omit3": omit3_rows, "mnist_only78": only78_rows, "mnist_3pct": small_rows}
-
-
-def paper_rows(runs: Path, previous: list[dict]) -> list[dict]:
-    table = []
-    for name, make_rows in PAPER_RUNS.items():
-        found = (runs / name / "metrics.json").is_file()
-        table += make_rows(name, _load(runs, name)) if found else kept_rows(previous, _command(name))
-    return table
-
-
-def _error_rate(model: dict) -> str:
-    return f"{100 * (1 - model['accuracy']):.1f} %"
-
-
-def _teacher_of(run: dict) -> str:
-    return f"teacher {run['teacher']['checkpoint']}"
-
 
 OTHER_SEEDS = (1, 2)  # seeds run beside seed 0 to measure run-to-run noise
 # Teacher recipes beside configs/mnist.yaml: run name -> how its teacher differs. Each adds two rows when run.
@@ -143,45 +135,34 @@ STUDENT_SCREEN = {
 }
 
 
-def variant_rows(runs: Path, previous: list[dict]) -> list[dict]:
-    """The teacher of each variant config and the T = 20 student distilled from it: from its run folder, else the
-    committed rows (a run made on another host or in an earlier session)."""
-    table = []
-    for name, change in TEACHER_VARIANTS.items():
-        if not (runs / name / "metrics.json").is_file():
-            table += kept_rows(previous, _command(name))
-            continue
-        run = _load(runs, name)
-        m = run["models"]
-        table += [
-            _row(f"teacher, {change} (test errors)", "67", str(m["teacher"]["errors"]), name, run,
-                 m["teacher"]["train_seconds"]),
-            _row(f"student 800-800, soft targets T = 20 of that teacher{STUDENT_CHANGES.get(name, '')}", "74",
-                 str(m["student"]["errors"]), name, run, m["student"]["train_seconds"]),
-        ]
+def variant_rows(name: str, command: str, run: RunMetrics) -> list[dict]:
+    """The teacher of a variant config and the T = 20 student distilled from it."""
+    m = run.models
+    return [
+        _row(f"teacher, {TEACHER_VARIANTS[name]} (test errors)", "67", str(m["teacher"].errors), command, run,
+             m["teacher"].train_seconds),
+        _row(f"student 800-800, soft targets T = 20 of that teacher{STUDENT_CHANGES.get(name, '')}", "74",
+             str(m["student"].errors), command, run, m["student"].train_seconds),
+    ]
+
+
+def screen_rows(name: str, command: str, run: RunMetrics) -> list[dict]:
+    """A student of SCREENED_TEACHER's teacher with one setting changed (`--set teacher.checkpoint`)."""
+    student = run.models["student"]
+    return [_row(f"student of that 200-epoch teacher, {STUDENT_SCREEN[name][0]}", "74", str(student.errors),
+                 command, run, student.train_seconds)]
+
+
+def entries(runs: Path) -> list[TableEntry]:
+    """Every run of the table, in the table's order, each named by the command that makes it."""
+    table = [TableEntry(_command(name), runs / name, partial(rows, _command(name)))
+             for name, rows in PAPER_RUNS.items()]
+    table += [TableEntry(_command(name), runs / name, partial(variant_rows, name, _command(name)))
+              for name in TEACHER_VARIANTS]
+    for name, (_, overrides) in STUDENT_SCREEN.items():
+        command = _command(SCREEN_CONFIG, [f"teacher.checkpoint=runs/{SCREENED_TEACHER}/teacher.pt", *overrides])
+        table.append(TableEntry(command, runs / "student_screen" / name, partial(screen_rows, name, command)))
     return table
-
-
-def student_screen_rows(runs: Path, previous: list[dict]) -> list[dict]:
-    """Students of SCREENED_TEACHER's teacher with one setting changed each (`--set teacher.checkpoint`)."""
-    table = []
-    for name, (change, overrides) in STUDENT_SCREEN.items():
-        sets = [f"teacher.checkpoint=runs/{SCREENED_TEACHER}/teacher.pt", *overrides]
-        command = _command(SCREEN_CONFIG, sets)
-        folder = runs / "student_screen" / name
-        if not (folder / "metrics.json").is_file():
-            table += kept_rows(previous, command)
-            continue
-        run = json.loads((folder / "metrics.json").read_text())
-        student = run["models"]["student"]
-        table.append({**_row(f"student of that 200-epoch teacher, {change}", "74", str(student["errors"]),
-                             SCREEN_CONFIG, run, student["train_seconds"]), "command": command})
-    return table
-
-
-def kept_rows(previous: list[dict], command: str) -> list[dict]:
-    """The committed rows of `command`."""
-    return [row for row in previous if row["command"] == command]
 
 
 def _command(run_name: str, overrides: list[str] = ()) -> str:
@@ -189,15 +170,16 @@ def _command(run_name: str, overrides: list[str] = ()) -> str:
     return f"distillery run configs/{config}.yaml" + "".join(f" --set {o}" for o in [*sets, *overrides])
 
 
-def markdown(table: list[dict]) -> str:
+def markdown(table: dict[str, list[dict]]) -> str:
+    rows = [row for entry in table.values() for row in entry]
     lines = ["| setting | paper | ours | train time | command | git |", "|---|---|---|---|---|---|"]
-    for r in table:
+    for r in rows:
         seconds = f"{r['seconds'] / 60:.1f} min" if r["seconds"] else "(same run)"
         lines.append(f"| {r['setting']} | {r['paper']} | {r['ours']} | {seconds} | `{r['command']}` | "
                      f"{short_sha(r['git_sha'])} |")
     lines.append("")
     machines: dict[str, list[str]] = {}
-    for r in table:
+    for r in rows:
         shas, sha = machines.setdefault(r["machine"], []), short_sha(r["git_sha"])
         if sha not in shas:
             shas.append(sha)
@@ -206,17 +188,10 @@ def markdown(table: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", default="runs")
-    parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
-    runs, out = Path(args.runs), Path(args.out)
-    previous = json.loads((out / "mnist.json").read_text()) if (out / "mnist.json").is_file() else []
-    table = paper_rows(runs, previous) + variant_rows(runs, previous) + student_screen_rows(runs, previous)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "mnist.json").write_text(json.dumps(table, indent=2) + "\n")
-    (out / "mnist.md").write_text(markdown(table))
-    print(markdown(table))
+    arguments = parser(__doc__.split("\n\n")[0])
+    arguments.add_argument("--runs", type=Path, default=Path("runs"), help="the run folders (default runs)")
+    args = arguments.parse_args()
+    print(markdown(write_table(args.out, "mnist", entries(args.runs), markdown)))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,23 @@
-"""Collect the specialist runs into benchmarks/results/specialists.{json,md} (method.md section 4).
+"""Collect the specialist runs into benchmarks/results/specialists.{json,md} (docs/method.md section 4).
 
     distillery run configs/synthetic_specialists.yaml --out runs/synthetic_specialists
     distillery run configs/fashion_specialists.yaml   --out runs/fashion_specialists   --data-root ../shared/datasets
     distillery run configs/omniglot_specialists.yaml  --out runs/omniglot_specialists  --data-root ../shared/datasets
-    .venv/bin/python benchmarks/specialist_tables.py
+    python benchmarks/specialist_tables.py [--runs runs] [--out benchmarks/results]
 
 Relative gain is (combined - generalist) / generalist top-1, the paper's "+4.4 %" (JFT, 25.0 % -> 26.1 %). The
 student's share of the gain is (student - generalist) / (combined - generalist): how much of what the
-specialists added one distilled model keeps.
+specialists added one distilled model keeps. A run not in --runs keeps its committed entry.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 from distill.provenance import short_sha
+from distill.records import to_plain
+from distillery.benchmark import TableEntry, parser, write_table
+from distillery.metrics import RunMetrics
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = {"synthetic": "synthetic_specialists", "fashion_mnist": "fashion_specialists",
@@ -24,21 +25,24 @@ RUNS = {"synthetic": "synthetic_specialists", "fashion_mnist": "fashion_speciali
 COLUMNS = ("accuracy", "errors", "nll", "ece", "agreement", "kl_to_teacher")
 
 
-def summarise(metrics: dict) -> dict:
-    models, section = metrics["models"], metrics["specialists"]
-    generalist, combined = models["generalist"]["accuracy"], models["specialists"]["accuracy"]
+def summarise(metrics: RunMetrics) -> dict:
+    models, section = metrics.models, metrics.specialists
+    clustering = section.clustering
+    generalist, combined = models["generalist"].accuracy, models["specialists"].accuracy
     gain = combined - generalist
-    share = lambda name: (models[name]["accuracy"] - generalist) / gain if gain > 0 else None  # noqa: E731
+    share = lambda name: (models[name].accuracy - generalist) / gain if gain > 0 else None  # noqa: E731
     return {
-        "specialists": len(section["subsets"]), "subset_sizes": section["sizes"], "ari": section["ari"],
-        "uncovered_classes": section["uncovered_classes"], "top1": section["top1"],
-        "conditional_top1": section["conditional_top1"], "gain_by_coverage": section["gain_by_coverage"],
+        "specialists": len(clustering.subsets), "subset_sizes": clustering.sizes, "ari": clustering.ari,
+        "uncovered_classes": clustering.uncovered_classes, "top1": to_plain(section.top1),
+        "conditional_top1": to_plain(section.conditional_top1),
+        "gain_by_coverage": [to_plain(row) for row in section.gain_by_coverage],
         "student_share_of_gain": share("student"), "baseline_share_of_gain": share("baseline"),
-        "subsets": section["subsets"] if len(section["subsets"]) <= 5 else None,
-        "models": {name: {key: m[key] for key in COLUMNS if key in m} for name, m in models.items()},
-        "wall_seconds": metrics["run"]["seconds"], "clustering_seconds": section["seconds"],
-        "specialist_train_seconds": sum(section["train_seconds"].values()),
-        "git_sha": metrics["run"]["git_sha"], "machine": metrics["run"]["machine"],
+        "subsets": clustering.subsets if len(clustering.subsets) <= 5 else None,
+        "models": {name: {key: getattr(m, key) for key in COLUMNS if getattr(m, key) is not None}
+                   for name, m in models.items()},
+        "wall_seconds": metrics.run.seconds, "clustering_seconds": clustering.seconds,
+        "specialist_train_seconds": sum(section.train_seconds.values()),
+        "git_sha": metrics.run.git_sha, "machine": metrics.run.machine,
     }
 
 
@@ -73,14 +77,11 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=Path, default=Path("runs"))
-    args = parser.parse_args()
-    results = {name: summarise(json.loads((args.runs / run / "metrics.json").read_text()))
-               for name, run in RUNS.items() if (args.runs / run / "metrics.json").is_file()}
-    (RESULTS / "specialists.json").write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / "specialists.md").write_text(markdown(results))
-    print(markdown(results))
+    arguments = parser(__doc__.split("\n\n")[0])
+    arguments.add_argument("--runs", type=Path, default=Path("runs"), help="the run folders (default runs)")
+    args = arguments.parse_args()
+    entries = [TableEntry(name, args.runs / run, summarise) for name, run in RUNS.items()]
+    print(markdown(write_table(args.out, "specialists", entries, markdown)))
 
 
 if __name__ == "__main__":

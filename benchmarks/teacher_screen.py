@@ -4,20 +4,20 @@ variant after another (the 2 cores fit one training at a time), each teacher's t
 Thirty epochs rank recipes cheaply; they do not predict the 120-epoch result, and choosing on test errors is
 model selection on the test set: every variant's number is kept so a reader can see what the choice is worth.
 
-    .venv/bin/python benchmarks/teacher_screen.py --out runs/screen --data-root ../shared/datasets
-    .venv/bin/python benchmarks/teacher_screen.py --out runs/screen --collect   # only gather finished runs
+    python benchmarks/teacher_screen.py --runs runs/screen --data-root ../shared/datasets
+    python benchmarks/teacher_screen.py --runs runs/screen --collect   # only gather finished runs
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 from pathlib import Path
 
-from mnist_sweep import cli_command  # this folder is on sys.path when the script runs
+from distillery.benchmark import distillery_command, parser, write_result
+from distillery.metrics import read_metrics
+from distillery.run_folder import METRICS
 
-RESULTS = Path(__file__).parent / "results" / "teacher_screen.json"
 # The student is trained for one epoch only because `distillery run` always trains one; it is not screened.
 COMMON = ["teacher.train.epochs=30", "student.train.epochs=1", "baseline.enabled=false", "cluster.executor=local"]
 VARIANTS = {
@@ -31,37 +31,36 @@ VARIANTS = {
 
 
 def run(name: str, args: argparse.Namespace) -> None:
-    command = cli_command("configs/mnist.yaml", args.out / name, args.data_root, COMMON + VARIANTS[name])
-    with open(args.out / f"{name}.log", "w") as log:
+    command = distillery_command("configs/mnist.yaml", args.runs / name, args.data_root, COMMON + VARIANTS[name])
+    with open(args.runs / f"{name}.log", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
 
 
-def collect(out: Path) -> dict:
+def collect(runs: Path) -> dict:
     results = {}
     for name, overrides in VARIANTS.items():
-        metrics = out / name / "metrics.json"
-        if metrics.is_file():
-            run_record = json.loads(metrics.read_text())
-            teacher = run_record["models"]["teacher"]
-            results[name] = {"overrides": COMMON + overrides, "teacher_errors": teacher["errors"],
-                             "teacher_nll": teacher["nll"], "teacher_train_seconds": teacher["train_seconds"],
-                             "git_sha": run_record["run"]["git_sha"], "machine": run_record["run"]["machine"]}
+        if (runs / name / METRICS).is_file():
+            metrics = read_metrics(runs / name / METRICS)
+            teacher = metrics.models["teacher"]
+            results[name] = {"overrides": COMMON + overrides, "teacher_errors": teacher.errors,
+                             "teacher_nll": teacher.nll, "teacher_train_seconds": teacher.train_seconds,
+                             "git_sha": metrics.run.git_sha, "machine": metrics.run.machine}
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data-root", default="../shared/datasets")
-    parser.add_argument("--collect", action="store_true", help="do not train; gather the runs already in --out")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    arguments = parser(__doc__.split("\n\n")[0])
+    arguments.add_argument("--runs", type=Path, required=True, help="folder of the screen's runs")
+    arguments.add_argument("--data-root", default="../shared/datasets")
+    arguments.add_argument("--collect", action="store_true", help="do not train; gather the runs already in --runs")
+    args = arguments.parse_args()
+    args.runs.mkdir(parents=True, exist_ok=True)
     if not args.collect:
         for name in VARIANTS:
-            if not (args.out / name / "metrics.json").is_file():
+            if not (args.runs / name / METRICS).is_file():
                 run(name, args)
-    results = collect(args.out)
-    RESULTS.write_text(json.dumps({"config": "configs/mnist.yaml", "results": results}, indent=1) + "\n")
+    results = collect(args.runs)
+    write_result(args.out, "teacher_screen", {"config": "configs/mnist.yaml", "results": results})
     for name, result in results.items():
         print(f"{name:16s} {result['teacher_errors']:4d} errors  {result['teacher_train_seconds'] / 60:.1f} min")
 

@@ -1,6 +1,6 @@
 """Training throughput against the same process's GEMM rate, and a distillation epoch against a plain one.
 
-    .venv/bin/python benchmarks/throughput.py [--epochs 3] [--out benchmarks/results]
+    python benchmarks/throughput.py [--epochs 3] [--out benchmarks/results]
 
 For the paper's 1200-1200 teacher (dropout, max-norm, 2-pixel jitter) and 800-800 student at batch 128 on
 MNIST-shaped data, it reports achieved training FLOP/s (the GEMM work of forward and backward, counted exactly)
@@ -11,20 +11,16 @@ times, are the results: both sides of each ratio run in the same process, interl
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
-
 
 from distill.config import LossWeights, TrainConfig
 from distill.memory import retain_freed_memory
 from distill.models import create_model
-from distill.provenance import git_sha, machine
 from distill.train import HARD_LABELS, SoftTargets, make_optimizer, make_schedule, train_epoch
+from distillery.benchmark import parser, write_result
 
 N, BATCH, INPUT = 60_000, 128, 784
 TEACHER = {"hidden": [1200, 1200], "dropout_input": 0.2, "dropout_hidden": 0.5, "max_norm": 3.5}
@@ -67,16 +63,13 @@ def time_epoch(kwargs: dict, config: TrainConfig, weights: LossWeights, inputs, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement (median is kept)")
-    parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
+    arguments = parser(__doc__.split("\n\n")[0])
+    arguments.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement (median is kept)")
+    args = arguments.parse_args()
     retain_freed_memory()  # as distill.train.train does: the epochs timed here are the epochs users run
     inputs, labels = torch.rand(N, 1, 28, 28), torch.randint(0, 10, (N,))
     soft = SoftTargets(logits=torch.randn(N, 10) * 5)
-    results = {"machine": machine(),
-               "torch": str(torch.__version__), "git_sha": git_sha(), "batch_size": BATCH, "epochs_timed": args.epochs,
-               "command": "python benchmarks/throughput.py --epochs %d" % args.epochs, "models": {}}
+    results = {"batch_size": BATCH, "epochs_timed": args.epochs, "models": {}}
     for name, kwargs, shift in [("teacher_1200_1200", TEACHER, 2), ("student_800_800", STUDENT, 0)]:
         widths = [INPUT, *kwargs["hidden"], 10]
         config = TrainConfig(epochs=1, batch_size=BATCH, lr=0.05, augment_shift=shift)
@@ -105,9 +98,7 @@ def main() -> None:
                                      "distill_seconds": statistics.median(distilled), "ratio": ratio,
                                      "setting": "800-800 student, cached soft targets, T=20, w_soft=1, w_hard=0"}
     print(f"cached-soft-target epoch / hard-label epoch: {ratio:.3f}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_result(args.out, "throughput", results)
 
 
 if __name__ == "__main__":

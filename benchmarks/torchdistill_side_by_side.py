@@ -1,6 +1,6 @@
 """Distillery against torchdistill on the same MNIST distillation, measured side by side in one run.
 
-    .venv/bin/python benchmarks/torchdistill_side_by_side.py --data-root ../shared/datasets
+    python benchmarks/torchdistill_side_by_side.py --data-root ../shared/datasets
         [--teacher-epochs 20] [--epochs 60] [--work runs/torchdistill_bench] [--out benchmarks/results]
 
 1. A 1200-1200 teacher (configs/mnist.yaml's recipe, `--teacher-epochs` long) is trained once by Distillery, or
@@ -8,8 +8,9 @@
 2. Distillery: `distillery run configs/mnist.yaml` with that teacher, no baseline, a fresh soft-target cache (the
    teacher's logits are computed inside the timed run).
 3. torchdistill (from the registry, installed by this script into benchmarks/.venv-torchdistill, so the project
-   never depends on it): benchmarks/torchdistill/run_kd.py with benchmarks/torchdistill/mnist_kd.yaml, the same
-   student module, epochs, batch size, optimizer, schedule, T and loss weights.
+   never depends on it; Distillery goes in beside it without dependencies, for the model definitions):
+   benchmarks/torchdistill/run_kd.py with benchmarks/torchdistill/mnist_kd.yaml, the same student module, epochs,
+   batch size, optimizer, schedule, T and loss weights.
 Each side is one process timed end to end (start, data, training, test evaluation); both report their training
 loop's seconds too. Distillery runs before and after torchdistill, so the shared machine's drift shows in the gap
 between its two runs. Results: benchmarks/results/torchdistill.{json,md}.
@@ -17,7 +18,6 @@ between its two runs. Results: benchmarks/results/torchdistill.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -25,6 +25,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from distill.config import RunConfig, from_dict
+from distill.provenance import git_sha, machine
+from distillery.benchmark import command, parser, write_result
+from distillery.metrics import RunMetrics, read_metrics
+from distillery.run_folder import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / "benchmarks" / ".venv-torchdistill"
@@ -37,14 +43,15 @@ def ensure_torchdistill_env() -> Path:
     python = VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    if subprocess.run([str(python), "-c", "import torchdistill"], capture_output=True).returncode:
+    if subprocess.run([str(python), "-c", "import torchdistill, distill"], capture_output=True).returncode:
         subprocess.run([str(python), "-m", "pip", "install", "-q", *TORCH, TORCHDISTILL], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO)], check=True)
     return python
 
 
-def timed(command: list[str], env: dict | None = None) -> float:
+def timed(argv: list[str], env: dict | None = None) -> float:
     started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO, env={**os.environ, **(env or {})})
+    subprocess.run(argv, check=True, cwd=REPO, env={**os.environ, **(env or {})})
     return time.perf_counter() - started
 
 
@@ -63,68 +70,57 @@ def train_teacher(work: Path, data_root: str, epochs: int) -> Path:
     return out / "teacher.pt"
 
 
-def portable(arg: str) -> str:
-    """A path argument relative to the repository (the record must not name this machine's folders)."""
-    return os.path.relpath(arg, REPO) if os.path.isabs(arg) and os.path.exists(arg) else arg
-
-
 def teacher_epochs(path: Path) -> int:
     import torch
 
-    return torch.load(path, weights_only=True)["config"]["teacher"]["train"]["epochs"]
+    return from_dict(RunConfig, torch.load(path, weights_only=True)["config"]).teacher.train.epochs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", required=True)
-    parser.add_argument("--teacher", help="a Distillery 1200-1200 MNIST teacher checkpoint (default: train one)")
-    parser.add_argument("--teacher-epochs", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--work", default="runs/torchdistill_bench")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    args = parser.parse_args()
+    arguments = parser(__doc__.splitlines()[0])
+    arguments.add_argument("--data-root", required=True)
+    arguments.add_argument("--teacher", help="a Distillery 1200-1200 MNIST teacher checkpoint (default: train one)")
+    arguments.add_argument("--teacher-epochs", type=int, default=20)
+    arguments.add_argument("--epochs", type=int, default=60)
+    arguments.add_argument("--work", default="runs/torchdistill_bench", help="scratch folder of both sides' runs")
+    args = arguments.parse_args()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     python = ensure_torchdistill_env()
     teacher = Path(args.teacher) if args.teacher else train_teacher(work, args.data_root, args.teacher_epochs)
 
-    def ours() -> tuple[float, dict]:
+    def ours() -> tuple[float, RunMetrics]:
         out = work / f"ours_{time.strftime('%Y%m%d-%H%M%S')}"
         with tempfile.TemporaryDirectory() as cache:
             wall = timed(distillery("--out", str(out), "--data-root", args.data_root, "--set",
                                     f"teacher.checkpoint={teacher}", "--set", "baseline.enabled=false", "--set",
                                     f"student.train.epochs={args.epochs}"), env={"DISTILLERY_CACHE": cache})
-        return wall, json.loads((out / "metrics.json").read_text())
+        return wall, read_metrics(out / METRICS)
 
     theirs_json = work / "torchdistill.json"
     ours_before = ours()  # ours on both sides of theirs: the machine's drift shows as the gap between the two
     theirs_wall = timed([str(python), str(REPO / "benchmarks" / "torchdistill" / "run_kd.py"), "--config",
                          str(CONFIG), "--teacher", str(teacher), "--data-root", args.data_root, "--epochs",
-                         str(args.epochs), "--out", str(theirs_json)])
+                         str(args.epochs), "--result", str(theirs_json)])
     ours_after = ours()
     theirs = json.loads(theirs_json.read_text())
-    runs = [{"wall_seconds": wall, "train_seconds": metrics["models"]["student"]["train_seconds"],
-             "test_errors": metrics["models"]["student"]["errors"]} for wall, metrics in (ours_before, ours_after)]
+    runs = [{"wall_seconds": wall, "train_seconds": metrics.models["student"].train_seconds,
+             "test_errors": metrics.models["student"].errors} for wall, metrics in (ours_before, ours_after)]
     mean = {key: (runs[0][key] + runs[1][key]) / 2 for key in ("wall_seconds", "train_seconds")}
-    metrics = ours_before[1]
     record = {
-        "command": "python benchmarks/torchdistill_side_by_side.py " + " ".join(map(portable, sys.argv[1:])),
         "setting": f"MNIST, 1200-1200 teacher ({teacher_epochs(teacher)} epochs) -> 800-800 "
                    f"student, {args.epochs} epochs, batch 128, SGD Nesterov 0.9, one-cycle lr 0.05, T = 20, "
                    "soft term only (weight T^2), CPU",
         "order": "Distillery, torchdistill, Distillery; Distillery's times are the mean of its two runs",
-        "teacher_errors": metrics["models"]["teacher"]["errors"],
+        "teacher_errors": ours_before[1].models["teacher"].errors,
         "distillery": {**mean, "test_errors": runs[0]["test_errors"], "runs": runs},
         "torchdistill": {"wall_seconds": theirs_wall, "train_seconds": theirs["train_seconds"],
-                         "test_errors": theirs["errors"], "version": theirs["torchdistill"]},
+                         "test_errors": theirs["errors"], "version": theirs["torchdistill"], "torch": theirs["torch"]},
         "speedup_wall": theirs_wall / mean["wall_seconds"],
         "speedup_train_loop": theirs["train_seconds"] / mean["train_seconds"],
-        "git_sha": metrics["run"]["git_sha"], "machine": metrics["run"]["machine"], "torch": theirs["torch"],
     }
-    out = Path(args.out)
-    (out / "torchdistill.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "torchdistill.md").write_text(markdown(record))
-    print(markdown(record))
+    write_result(args.out, "torchdistill", record, markdown)
+    print(markdown({**record, "command": command(), "git_sha": git_sha(), "machine": machine()}))
 
 
 def markdown(record: dict) -> str:
@@ -139,7 +135,8 @@ def markdown(record: dict) -> str:
         f"{theirs['test_errors']} |",
         f"| ratio (torchdistill / Distillery) | {record['speedup_wall']:.2f}x | "
         f"{record['speedup_train_loop']:.2f}x | |",
-        "", f"Command: `{record['command']}`; git {record['git_sha']}; {record['machine']}; torch {record['torch']}.",
+        "", f"Command: `{record['command']}`; git {record['git_sha']}; {record['machine']}; torch "
+        f"{theirs['torch']}.",
         ""])
 
 

@@ -15,9 +15,9 @@ from distill.provenance import git_sha
 from distill.seed import derive_seed, set_seed
 from distill.storage import fingerprint
 from distill.train import HARD_LABELS, EpochRecord, SoftTargets, TopKSoftTargets
+from distillery.progress import Progress
 from ensembles.fanout import train_jobs
 from ensembles.jobs import JobData, JobResult, TrainedModel, TrainJob, load_job_model
-from distillery.progress import Progress
 
 
 class RunContext:

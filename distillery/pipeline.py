@@ -24,8 +24,6 @@ from distill.config import RunConfig
 from distill.data import Dataset, load_dataset, make_transfer_set
 from distill.errors import ConfigError
 from distill.models import create_model
-from ensembles.fanout import task_resources
-from ensembles.ray_connection import ray_session
 from distillery.context import RunContext
 from distillery.evaluation import evaluate
 from distillery.metrics import RunMetrics
@@ -34,6 +32,8 @@ from distillery.report import report_manifest, write_report
 from distillery.run_folder import prepare_run_folder
 from distillery.soft_targets import soft_targets
 from distillery.teachers import load_teacher, train_specialists, train_teachers
+from ensembles.fanout import task_resources
+from ensembles.ray_connection import ray_session
 
 
 def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = False, progress: bool = False,

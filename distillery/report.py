@@ -9,12 +9,12 @@ from distill.config import RunConfig
 from distill.evaluate import ModelMetrics
 from distill.plots import plot_reliability, plot_training_curves
 from distill.storage import atomic_write_text, sha256_file
-from specialists.clustering import affinity_path
-from specialists.figures import plot_gain_by_coverage
-from specialists.gains import SpecialistsMetrics
 from distillery.manifests import StageManifest
 from distillery.metrics import RunMetrics
 from distillery.run_folder import METRICS, REPORT, computed_settings
+from specialists.clustering import affinity_path
+from specialists.figures import plot_gain_by_coverage
+from specialists.gains import SpecialistsMetrics
 
 FIGURES = "figures"
 

@@ -14,10 +14,10 @@ import torch
 from distill.logit_cache import cached_logits
 from distill.storage import cache_home
 from distill.train import SoftTargets, TopKSoftTargets
-from ensembles.averaging import Ensemble, ensemble_logits
-from ensembles.fanout import predict_all
 from distillery.context import RunContext
 from distillery.teachers import Teachers
+from ensembles.averaging import Ensemble, ensemble_logits
+from ensembles.fanout import predict_all
 
 
 def soft_targets(context: RunContext, teachers: Teachers, inputs: torch.Tensor

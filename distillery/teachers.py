@@ -9,14 +9,14 @@ from pathlib import Path
 from distill.config import RunConfig, to_dict
 from distill.data import Dataset
 from distill.errors import CheckpointError
+from distillery.context import RunContext
+from distillery.manifests import StageManifest
+from distillery.metrics import METRICS_VERSION
 from ensembles.jobs import JobData, TrainedModel, load_trained
 from specialists.clustering import affinity_path, cluster_classes, read_subsets, subsets_path
 from specialists.combiner import SpecialistEnsemble
 from specialists.subsets import Subsets
 from specialists.training import specialist_jobs
-from distillery.context import RunContext
-from distillery.manifests import StageManifest
-from distillery.metrics import METRICS_VERSION
 
 
 @dataclass

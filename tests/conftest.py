@@ -1,7 +1,8 @@
 """Fixtures and helpers every test file shares (import the helpers with `from conftest import ...`).
 
-Tiers, by marker: unmarked tests are the unit tier (`make test-unit`, under a minute); `slow` ones run a real
-training or start Ray (seconds to minutes each). `make test` runs both.
+Tiers, by marker (docs/testing.md): unmarked tests are the unit tier (`make test-unit`, under a minute); `slow`
+ones train for real or start Ray (seconds to a minute each); `ray` ones, a subset of `slow`, need Ray (every test
+that uses the `ray_cluster` fixture is marked here). `make test` runs them all.
 """
 
 import os
@@ -36,6 +37,13 @@ def stage_events(run_dir: Path) -> list[tuple[str, str]]:
 
 def run_metrics(run_dir: Path) -> RunMetrics:
     return read_metrics(Path(run_dir) / METRICS)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

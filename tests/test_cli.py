@@ -160,7 +160,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     # Would wait forever for such a node. Starts a local Ray (seconds): slow tier; tests/test_task_resources.py
     # has the unit tests of the check.
     pytest.param(["--set", "cluster.num_cpus=4096"], "cluster.num_cpus=4096 per model, but the largest Ray node has",
-                 2, marks=pytest.mark.slow),
+                 2, marks=[pytest.mark.slow, pytest.mark.ray]),
     ([*set_args(TINY), "--set", "teacher.train.lr=1e30"], "loss became nan", 1),
 ])
 def test_a_failing_process_prints_one_line(tmp_path, args, message, exit_code):

@@ -8,8 +8,7 @@ from distill.data import load_synthetic
 from distill.models import create_model
 from distill.train import predict_logits, train
 from specialists.covariance import CovarianceAccumulator, confusion_affinity
-from specialists.specialist import (corrected_logits, dustbin_shift, output_layer, specialist_data,
-                                    specialist_state)
+from specialists.specialist import corrected_logits, dustbin_shift, output_layer, specialist_data, specialist_state
 from specialists.subsets import adjusted_rand_index, find_subsets
 
 

@@ -5,8 +5,8 @@ from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.config import LossWeights, TrainConfig
 from distill.data import load_dataset
 from distill.errors import CheckpointError, TrainingError
-from distill.models import create_model, freeze
 from distill.logit_cache import cached_logits
+from distill.models import create_model, freeze
 from distill.train import SoftTargets, predict_logits, train
 
 

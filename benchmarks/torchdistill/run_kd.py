@@ -1,7 +1,7 @@
 """torchdistill's side of benchmarks/torchdistill_side_by_side.py; runs in benchmarks/.venv-torchdistill.
 
     python benchmarks/torchdistill/run_kd.py --config benchmarks/torchdistill/mnist_kd.yaml --teacher T.pt
-        --data-root DIR --epochs 60 --out result.json
+        --data-root DIR --epochs 60 --result result.json
 
 Distils a Distillery teacher checkpoint (loaded with weights_only=True; the same frozen module in evaluation mode)
 into the same 800-800 student module, the way torchdistill's users run it: a torchvision MNIST data set with
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -24,14 +23,15 @@ import torchvision
 from torchdistill.common.yaml_util import load_yaml_file
 from torchdistill.core.distillation import get_distillation_box
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: the same model definitions
-from distill.checkpoint import load_checkpoint  # noqa: E402
-from distill.models import create_model  # noqa: E402
+# Installed into torchdistill's environment by the side-by-side script (without dependencies): the same model
+# definitions and checkpoint loading as Distillery's side.
+from distill.checkpoint import load_checkpoint
+from distill.models import create_model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("--config", "--teacher", "--data-root", "--out"):
+    for name in ("--config", "--teacher", "--data-root", "--result"):
         parser.add_argument(name, required=True)
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
@@ -60,7 +60,7 @@ def main() -> None:
     loader = torch.utils.data.DataLoader(test_set, batch_size=2048)
     with torch.inference_mode():
         errors = sum(int((student(x).argmax(1) != y).sum()) for x, y in loader)
-    Path(args.out).write_text(json.dumps({"errors": errors, "train_seconds": train_seconds,
+    Path(args.result).write_text(json.dumps({"errors": errors, "train_seconds": train_seconds,
                                           "torchdistill": torchdistill.__version__, "torch": torch.__version__}))
 
 
