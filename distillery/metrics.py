@@ -104,7 +104,7 @@ class RunRecord:
     seconds: float
     seeds: dict[str, int]
     device: str
-    executor: Executor
+    executor: Executor | None  # None only in version-0 files written before the executor was recorded
     versions: dict[str, str]
     git_sha: str | None
     machine: str
@@ -153,7 +153,9 @@ def read_metrics(path: Path) -> RunMetrics:
 
 def _upgraded(data: dict) -> dict:
     """A version-0 file in this version's layout: its specialists section held the clustering record's fields at
-    its top level, beside two derived ones that the record now computes."""
+    its top level, beside two derived ones that the record now computes; the oldest lack the run's executor."""
+    if isinstance(data.get("run"), dict):
+        data["run"].setdefault("executor", None)
     section = data.get("specialists")
     if isinstance(section, dict) and "clustering" not in section:
         section["clustering"] = {field.name: section.pop(field.name, None) for field in dataclasses.fields(Subsets)}

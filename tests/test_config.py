@@ -1,15 +1,44 @@
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
-from distill.config import RunConfig, dump_config, load_config
+from distill.config import Eq5Solver, RunConfig, dump_config, load_config, to_dict
 from distill.errors import ConfigError
+from distillery.cli import DEMO_CONFIG
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 
-def test_default_is_the_embedded_demo():
+def test_the_defaults_are_a_plain_run_and_the_demo_adds_specialists():
     config = load_config()
-    assert config == RunConfig()
-    assert config.data.name == "digits"
+    assert config == RunConfig() and config.data.name == "digits"
+    assert config.specialists.count == 0 and config.ensemble.size == 1
+    assert DEMO_CONFIG.resolve() == (Path(__file__).parents[1] / "configs" / "demo.yaml").resolve()
+    assert load_config(DEMO_CONFIG).specialists.count == 3
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[path.stem for path in CONFIGS])
+def test_a_shipped_config_loads_and_says_only_what_differs_from_the_defaults(path):
+    load_config(path)
+    defaults = to_dict(RunConfig())
+
+    def same_as_default(node, default, key=""):
+        for name, value in node.items():
+            # model specs, data options and bias shifts are replaced whole: stating them in full is not repetition
+            if isinstance(value, dict) and name not in ("model", "options", "fixed"):
+                yield from same_as_default(value, default[name], f"{key}{name}.")
+            elif value == default[name]:
+                yield f"{key}{name}"
+
+    assert list(same_as_default(yaml.safe_load(path.read_text()), defaults)) == []
+
+
+def test_a_choice_is_refused_with_its_allowed_values_read_from_its_type():
+    assert typing.get_args(Eq5Solver) == ("em", "gradient")
+    with pytest.raises(ConfigError, match="specialists.solver must be em or gradient, got 'newton'"):
+        load_config(overrides=["specialists.solver=newton"])
 
 
 def test_yaml_round_trip(tmp_path):
