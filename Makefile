@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored" || true
-	$(BIN)/python -c "import torch, torchvision, ray, sklearn, distill"
+	$(BIN)/python -c "import torch, torchvision, ray, sklearn, distill, distillery"
 	touch $@
 
 demo: setup

@@ -12,11 +12,10 @@ committed entry.
 
 from __future__ import annotations
 
-from pathlib import Path
 from statistics import mean
 
 from distill.provenance import short_sha
-from distillery.benchmark import TableEntry, parser, write_table
+from distillery.benchmark import TableEntry, table_script
 from distillery.metrics import RunMetrics
 
 RUNS = {"mnist": "mnist_ensemble", "fashion_mnist": "fashion_ensemble"}
@@ -63,11 +62,8 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
-    arguments = parser(__doc__.split("\n\n")[0])
-    arguments.add_argument("--runs", type=Path, default=Path("runs"), help="the run folders (default runs)")
-    args = arguments.parse_args()
-    entries = [TableEntry(name, args.runs / run, summarise) for name, run in RUNS.items()]
-    print(markdown(write_table(args.out, "ensembles", entries, markdown)))
+    table_script(__doc__.split("\n\n")[0], "ensembles", lambda runs: [TableEntry(key, runs / run, summarise)
+                                                                 for key, run in RUNS.items()], markdown)
 
 
 if __name__ == "__main__":

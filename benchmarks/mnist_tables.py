@@ -21,7 +21,7 @@ from pathlib import Path
 
 from distill.evaluate import ModelMetrics
 from distill.provenance import short_sha
-from distillery.benchmark import TableEntry, parser, write_table
+from distillery.benchmark import TableEntry, table_script
 from distillery.metrics import RunMetrics
 
 TEST_THREES = 1010
@@ -188,10 +188,7 @@ def markdown(table: dict[str, list[dict]]) -> str:
 
 
 def main() -> None:
-    arguments = parser(__doc__.split("\n\n")[0])
-    arguments.add_argument("--runs", type=Path, default=Path("runs"), help="the run folders (default runs)")
-    args = arguments.parse_args()
-    print(markdown(write_table(args.out, "mnist", entries(args.runs), markdown)))
+    table_script(__doc__.split("\n\n")[0], "mnist", entries, markdown)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,12 @@ specialists added one distilled model keeps. A run not in --runs keeps its commi
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from distill.provenance import short_sha
 from distill.records import to_plain
-from distillery.benchmark import TableEntry, parser, write_table
+from distillery.benchmark import TableEntry, table_script
 from distillery.metrics import RunMetrics
 
-RESULTS = Path(__file__).parent / "results"
 RUNS = {"synthetic": "synthetic_specialists", "fashion_mnist": "fashion_specialists",
         "omniglot": "omniglot_specialists"}
 COLUMNS = ("accuracy", "errors", "nll", "ece", "agreement", "kl_to_teacher")
@@ -77,11 +75,8 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
-    arguments = parser(__doc__.split("\n\n")[0])
-    arguments.add_argument("--runs", type=Path, default=Path("runs"), help="the run folders (default runs)")
-    args = arguments.parse_args()
-    entries = [TableEntry(name, args.runs / run, summarise) for name, run in RUNS.items()]
-    print(markdown(write_table(args.out, "specialists", entries, markdown)))
+    table_script(__doc__.split("\n\n")[0], "specialists", lambda runs: [TableEntry(key, runs / run, summarise)
+                                                                 for key, run in RUNS.items()], markdown)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ class TeacherConfig:
 
 @dataclass
 class EnsembleConfig:
-    """The teacher as an ensemble of `size` members, each with its own derived seed (method.md section 3).
+    """The teacher as an ensemble of `size` members, each with its own derived seed (docs/method.md section 3).
 
     Members use teacher.model and teacher.train, or the specs in `models` taken in turn (member i gets
     models[i % len(models)]). `combine` is how member distributions become one: "arithmetic" (the paper's mean of
@@ -173,7 +173,7 @@ class BaselineConfig:
 
 @dataclass
 class BiasConfig:
-    """Output-bias correction for classes absent from the transfer set (method.md section 2).
+    """Output-bias correction for classes absent from the transfer set (docs/method.md section 2).
 
     `fixed` maps class -> logit shift (the paper's {3: 3.5}, or {7: -7.6, 8: -7.6}); `auto` picks one
     shift for the absent classes without test labels, by matching the training-set class prior.
@@ -185,7 +185,7 @@ class BiasConfig:
 
 @dataclass
 class ClusteringConfig:
-    """How the specialists' subsets are found (specialists/subsets.py, method.md section 4, step 2).
+    """How the specialists' subsets are found (specialists/subsets.py, docs/method.md section 4, step 2).
 
     source "covariance": the covariance of the generalist's probabilities at `temperature` on the training
     inputs (no labels), accumulated exactly or, with `top_k`, from each prediction's k largest probabilities;
@@ -216,7 +216,7 @@ class ClusteringConfig:
 
 @dataclass
 class SpecialistsConfig:
-    """A generalist (teacher.model, teacher.train) with `count` specialists (method.md section 4); 0: none.
+    """A generalist (teacher.model, teacher.train) with `count` specialists (docs/method.md section 4); 0: none.
 
     Specialists are the generalist's architecture with an output per class of their subset plus a dustbin, start
     from its weights and train with `train` on half special, half other examples; `dustbin_correction` then adds

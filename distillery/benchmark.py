@@ -89,6 +89,15 @@ def write_table(out: Path, name: str, entries: list[TableEntry], markdown: Calla
     return table
 
 
+def table_script(description: str, name: str, entries: Callable[[Path], list[TableEntry]],
+                 markdown: Callable[[dict[str, Any]], str]) -> None:
+    """The main of a table script: `entries(runs)` for the --runs folder, written by `write_table` to --out."""
+    arguments = parser(description)
+    arguments.add_argument("--runs", type=Path, default=Path("runs"), help="the run folders (default runs)")
+    args = arguments.parse_args()
+    print(markdown(write_table(args.out, name, entries(args.runs), markdown)))
+
+
 def distillery_command(config: str, out: Path, data_root: str, overrides: list[str]) -> list[str]:
     """`distillery run CONFIG --out OUT --data-root ROOT --set ...` with this interpreter's installation."""
     command_line = [sys.executable, "-m", "distillery", "run", config, "--out", str(out), "--data-root", data_root]

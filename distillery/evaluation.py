@@ -9,30 +9,14 @@ import torch
 
 from distill.config import RunConfig
 from distill.data import Dataset, TransferSet
-from distill.evaluate import (
-    ModelMetrics,
-    classification_metrics,
-    prior_matching_shift,
-    shift_logits,
-    shift_tuned_on_labels,
-)
+from distill.evaluate import (ModelMetrics, classification_metrics, prior_matching_shift, shift_logits,
+                              shift_tuned_on_labels)
 from distill.provenance import machine, versions
 from distill.train import predict_logits
 from distillery.context import RunContext
 from distillery.manifests import StageManifest
-from distillery.metrics import (
-    METRICS_VERSION,
-    BiasRecord,
-    BiasShift,
-    EnsembleRecord,
-    MemberRecord,
-    RunMetrics,
-    RunRecord,
-    TeacherRecord,
-    TransferRecord,
-    read_metrics,
-    write_metrics,
-)
+from distillery.metrics import (METRICS_VERSION, BiasRecord, BiasShift, EnsembleRecord, MemberRecord, RunMetrics,
+                                RunRecord, TeacherRecord, TransferRecord, read_metrics, write_metrics)
 from distillery.run_folder import METRICS, computed_settings
 from distillery.teachers import Teachers
 from ensembles.averaging import combine_log_probs

@@ -1,6 +1,6 @@
 """Which classes a generalist confuses: the covariance of its predicted probabilities, or its confusion matrix.
 
-The paper (method.md section 4, step 2) clusters the columns of the covariance matrix of the generalist's predicted
+The paper (docs/method.md section 4, step 2) clusters the columns of the covariance matrix of the generalist's predicted
 class probabilities: classes that gain probability together on the same inputs are the ones a specialist should
 tell apart. No labels are needed. The accumulator streams over batches and holds only C x C sums, never the
 N x C predictions.
@@ -60,7 +60,7 @@ class CovarianceAccumulator:
 def confusion_affinity(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The row-normalised confusion matrix, symmetrised: A[i, j] = (P(pred j | true i) + P(pred i | true j)) / 2.
 
-    The paper's other source of specialist subsets (method.md section 4, step 2); unlike the covariance it needs
+    The paper's other source of specialist subsets (docs/method.md section 4, step 2); unlike the covariance it needs
     labelled data. Rows of classes that never occur are zero. Shapes: predicted, labels (N,) -> (C, C).
     """
     counts = torch.bincount(labels * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, -1)

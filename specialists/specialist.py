@@ -1,5 +1,5 @@
 """A specialist: the generalist's architecture with an output per class of its subset plus a dustbin
-(method.md section 4, steps 3-5): its initial weights, its training data and its dustbin correction.
+(docs/method.md section 4, steps 3-5): its initial weights, its training data and its dustbin correction.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class SpecialistData:
 
 def specialist_data(labels: torch.Tensor, subset: list[int], seed: int) -> SpecialistData:
     """Every training example of the subset's classes, and as many drawn at random (without replacement, with
-    `seed`) from the other classes: half from S_m, half from the rest (method.md section 4, step 4).
+    `seed`) from the other classes: half from S_m, half from the rest (docs/method.md section 4, step 4).
 
     The paper does not say whether the rest is redrawn each epoch; here it is one draw, fixed per specialist,
     so a specialist's data (and a resumed training) is reproducible from its seed alone. When the other classes
@@ -96,7 +96,7 @@ def specialist_labels(labels: torch.Tensor, subset: list[int]) -> torch.Tensor:
 
 
 def dustbin_shift(natural_share: float, training_share: float) -> float:
-    """The prior-shift correction added to the dustbin logit after training (method.md section 4, step 5).
+    """The prior-shift correction added to the dustbin logit after training (docs/method.md section 4, step 5).
 
     A classifier trained with special examples at `training_share` s, applied where they occur at
     `natural_share` f, has dustbin-vs-special log-odds off by log((1 - f) / f) - log((1 - s) / s); with the

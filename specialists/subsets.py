@@ -1,4 +1,4 @@
-"""Special subsets: k-means (scikit-learn) on the columns of a class-affinity matrix (method.md section 4, step 2).
+"""Special subsets: k-means (scikit-learn) on the columns of a class-affinity matrix (docs/method.md section 4, step 2).
 
 Plain k-means gives disjoint subsets of varying size. The paper's specialists had fixed-size, overlapping subsets
 and it does not say how they came from k-means; Distillery's choice, in three steps:

@@ -8,16 +8,8 @@ import torch
 from distill.config import ModelSpec
 from distill.evaluate import classification_metrics
 from distillery.benchmark import TableEntry, write_result, write_table
-from distillery.metrics import (
-    METRICS_VERSION,
-    BiasRecord,
-    MemberRecord,
-    RunMetrics,
-    RunRecord,
-    TeacherRecord,
-    TransferRecord,
-    write_metrics,
-)
+from distillery.metrics import (METRICS_VERSION, BiasRecord, MemberRecord, RunMetrics, RunRecord, TeacherRecord,
+                                TransferRecord, write_metrics)
 from distillery.run_folder import METRICS
 
 

@@ -1,15 +1,8 @@
 import pytest
 import torch
 
-from specialists.eq5 import (
-    SpecialistBatch,
-    active_specialists,
-    objective,
-    solve,
-    solve_em,
-    solve_gradient,
-    specialist_batch,
-)
+from specialists.eq5 import (SpecialistBatch, active_specialists, objective, solve, solve_em, solve_gradient,
+                             specialist_batch)
 
 SUBSETS = [list(range(0, 8)), list(range(6, 15)), list(range(20, 30))]
 CLASSES = 30

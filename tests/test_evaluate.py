@@ -3,13 +3,8 @@ import math
 import pytest
 import torch
 
-from distill.evaluate import (
-    classification_metrics,
-    expected_calibration_error,
-    prior_matching_shift,
-    shift_logits,
-    shift_tuned_on_labels,
-)
+from distill.evaluate import (classification_metrics, expected_calibration_error, prior_matching_shift, shift_logits,
+                              shift_tuned_on_labels)
 
 
 def test_metrics_on_a_hand_made_case():

@@ -1,26 +1,17 @@
 """metrics.json is one typed record: written and read by the same code, its version in the file, old files read."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import torch
 
 from distill.config import ModelSpec
-from distill.evaluate import classification_metrics
+from distill.evaluate import ModelMetrics, Reliability, classification_metrics
 from distill.records import to_plain
 from distill.train import EpochRecord
-from distillery.metrics import (
-    METRICS_VERSION,
-    BiasRecord,
-    BiasShift,
-    EnsembleRecord,
-    MemberRecord,
-    RunMetrics,
-    RunRecord,
-    TeacherRecord,
-    TransferRecord,
-    read_metrics,
-    write_metrics,
-)
+from distillery.metrics import (METRICS_VERSION, BiasRecord, BiasShift, EnsembleRecord, MemberRecord, RunMetrics,
+                                RunRecord, TeacherRecord, TransferRecord, read_metrics, write_metrics)
 from specialists.gains import CoverageRow, SpecialistsMetrics, TopOne
 from specialists.subsets import Subsets
 
@@ -71,3 +62,12 @@ def test_the_reference_model_and_the_students_come_from_the_records():
     ensemble = _metrics(combine=EnsembleRecord("arithmetic", None))
     assert ensemble.teacher.reference == "ensemble" and ensemble.curve_groups() == {"teacher": "members"}
     assert _metrics().students() == ["student", "student_bias_test_tuned", "student_bias_fixed", "student_bias_auto"]
+
+
+def test_the_run_folder_page_describes_every_field_of_the_schema():
+    text = (Path(__file__).parents[1] / "docs" / "run-folder.md").read_text()
+    records = [RunMetrics, ModelMetrics, Reliability, EpochRecord, BiasRecord, BiasShift, TransferRecord, TeacherRecord,
+               MemberRecord, EnsembleRecord, RunRecord, SpecialistsMetrics, Subsets, TopOne, CoverageRow]
+    missing = [f"{cls.__name__}.{field.name}" for cls in records for field in dataclasses.fields(cls)
+               if f"`{field.name}`" not in text]
+    assert missing == []
