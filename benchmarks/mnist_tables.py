@@ -19,7 +19,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from distill.evaluate import ModelMetrics
+from distill.measures import ModelMetrics
 from distill.provenance import short_sha
 from distillery.benchmark import TableEntry, table_script
 from distillery.metrics import RunMetrics

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.evaluate import ModelMetrics
+from distill.measures import ModelMetrics
 from distill.train import EpochRecord
 
 

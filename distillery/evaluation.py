@@ -9,7 +9,7 @@ import torch
 
 from distill.config import RunConfig
 from distill.data import Dataset, TransferSet
-from distill.evaluate import (ModelMetrics, classification_metrics, prior_matching_shift, shift_logits,
+from distill.measures import (ModelMetrics, classification_metrics, prior_matching_shift, shift_logits,
                               shift_tuned_on_labels)
 from distill.provenance import machine, versions
 from distill.train import predict_logits

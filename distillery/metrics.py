@@ -2,7 +2,7 @@
 
 Written by the pipeline (distillery.evaluation) and read through `read_metrics` by `distillery report`, the CLI's
 summary and the benchmark table scripts: the dataclasses below are the schema, and docs/run-folder.md describes
-each field. The parts measured by the layers below are theirs: `distill.evaluate.ModelMetrics` (one model),
+each field. The parts measured by the layers below are theirs: `distill.measures.ModelMetrics` (one model),
 `distill.train.EpochRecord` (one epoch of a curve), `specialists.gains.SpecialistsMetrics` (the specialists).
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from distill.config import EnsembleMethod, Executor, ModelSpec
 from distill.errors import DistilleryError
-from distill.evaluate import ModelMetrics
+from distill.measures import ModelMetrics
 from distill.records import from_plain, to_plain
 from distill.storage import atomic_write_json
 from distill.train import EpochRecord

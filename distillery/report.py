@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.config import RunConfig
-from distill.evaluate import ModelMetrics
+from distill.measures import ModelMetrics
 from distill.plots import plot_reliability, plot_training_curves
 from distill.storage import atomic_write_text, sha256_file
 from distillery.manifests import StageManifest

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from distill.config import Eq5Solver
-from distill.evaluate import classification_metrics
+from distill.measures import classification_metrics
 from specialists.combiner import SpecialistEnsemble
 from specialists.subsets import Subsets
 

@@ -6,7 +6,7 @@ import json
 import torch
 
 from distill.config import ModelSpec
-from distill.evaluate import classification_metrics
+from distill.measures import classification_metrics
 from distillery.benchmark import TableEntry, write_result, write_table
 from distillery.metrics import (METRICS_VERSION, BiasRecord, MemberRecord, RunMetrics, RunRecord, TeacherRecord,
                                 TransferRecord, write_metrics)

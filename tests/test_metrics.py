@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from distill.config import ModelSpec
-from distill.evaluate import ModelMetrics, Reliability, classification_metrics
+from distill.measures import ModelMetrics, Reliability, classification_metrics
 from distill.records import to_plain
 from distill.train import EpochRecord
 from distillery.metrics import (METRICS_VERSION, BiasRecord, BiasShift, EnsembleRecord, MemberRecord, RunMetrics,

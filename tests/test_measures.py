@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from distill.evaluate import (classification_metrics, expected_calibration_error, prior_matching_shift, shift_logits,
+from distill.measures import (classification_metrics, expected_calibration_error, prior_matching_shift, shift_logits,
                               shift_tuned_on_labels)
 
 
