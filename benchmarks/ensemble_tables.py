@@ -15,7 +15,7 @@ from __future__ import annotations
 from statistics import mean
 
 from distill.provenance import short_sha
-from distillery.benchmark import TableEntry, table_script
+from distillery.benchmark import TableEntry, shown_precision, table_script
 from distillery.metrics import RunMetrics
 
 RUNS = {"mnist": "mnist_ensemble", "fashion_mnist": "fashion_ensemble"}
@@ -38,19 +38,21 @@ def summarise(metrics: RunMetrics) -> dict:
         "member_train_seconds": sum(m.train_seconds for m in members.values()),
         "student_train_seconds": models["student"].train_seconds,
         "git_sha": metrics.run.git_sha, "machine": metrics.run.machine,
+        "precision": {name: m.precision for name, m in models.items()},
     }
 
 
 def markdown(results: dict) -> str:
     lines = ["| data set | members (mean accuracy) | ensemble | student (distilled) | same model, hard labels "
-             "| gain kept: student | gain kept: hard labels | wall time |", "|---|---|---|---|---|---|---|---|"]
+             "| gain kept: student | gain kept: hard labels | wall time | precision |",
+             "|---|---|---|---|---|---|---|---|---|"]
     share = lambda kept: f"{100 * kept:.0f} %" if kept is not None else "no gain"  # noqa: E731
     for name, r in results.items():
         m = r["models"]
         lines.append(f"| {name} | {100 * r['member_mean_accuracy']:.2f} % | {100 * m['ensemble']['accuracy']:.2f} % "
                      f"| {100 * m['student']['accuracy']:.2f} % | {100 * m['baseline']['accuracy']:.2f} % "
                      f"| {share(r['student_gain_kept'])} | {share(r['baseline_gain_kept'])} "
-                     f"| {r['wall_seconds'] / 60:.1f} min |")
+                     f"| {r['wall_seconds'] / 60:.1f} min | {shown_precision(r.get('precision'))} |")
     for name, r in results.items():
         lines += ["", f"{name} (`distillery run configs/{RUNS[name]}.yaml`, git {short_sha(r['git_sha'])}):", "",
                   "| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]

@@ -21,15 +21,18 @@ from pathlib import Path
 
 from distill.measures import ModelMetrics
 from distill.provenance import short_sha
-from distillery.benchmark import TableEntry, table_script
+from distillery.benchmark import TableEntry, shown_precision, table_script
 from distillery.metrics import RunMetrics
 
 TEST_THREES = 1010
 
 
-def _row(setting: str, paper: str, ours: str, command: str, metrics: RunMetrics, seconds: float | None) -> dict:
-    return {"setting": setting, "paper": paper, "ours": ours, "command": command, "git_sha": metrics.run.git_sha,
-            "seconds": round(seconds or 0.0, 1), "machine": metrics.run.machine}
+def _row(setting: str, paper: str, ours: str, command: str, run: RunMetrics, model: ModelMetrics,
+         same_run: bool = False) -> dict:
+    """A row of `model` of `run`; `same_run` rows are a corrected variant of the row above (no training time)."""
+    return {"setting": setting, "paper": paper, "ours": ours, "command": command, "git_sha": run.run.git_sha,
+            "seconds": 0.0 if same_run else round(model.train_seconds or 0.0, 1), "machine": run.run.machine,
+            "precision": model.precision}
 
 
 def _three_errors(model: ModelMetrics) -> str:
@@ -48,13 +51,13 @@ def main_rows(command: str, run: RunMetrics) -> list[dict]:
     m = run.models
     return [
         _row("teacher 1200-1200, dropout, max-norm, 2-px jitter (test errors)", "67", str(m["teacher"].errors),
-             command, run, m["teacher"].train_seconds),
+             command, run, m["teacher"]),
         _row("student 800-800, hard labels", "146", str(m["baseline"].errors), command, run,
-             m["baseline"].train_seconds),
+             m["baseline"]),
         _row("student 800-800, soft targets T = 20", "74", str(m["student"].errors), command, run,
-             m["student"].train_seconds),
+             m["student"]),
         _row("100 % of the data, hard labels (test accuracy; the 3 % rows below)", "58.9 % (speech)",
-             f"{100 * m['baseline'].accuracy:.2f} %", command, run, m["baseline"].train_seconds),
+             f"{100 * m['baseline'].accuracy:.2f} %", command, run, m["baseline"]),
     ]
 
 
@@ -77,12 +80,12 @@ def bias_rows(command: str, run: RunMetrics, setting: str, paper: tuple[str, str
     m, bias = run.models, run.bias
     auto, tuned = (sign * shift.shift_on_absent_classes for shift in (bias.auto, bias.test_tuned))
     return [
-        _row(setting, paper[0], score(m["student"]), command, run, m["student"].train_seconds),
-        _row(fixed, paper[1], score(m["student_bias_fixed"]), command, run, 0.0),
+        _row(setting, paper[0], score(m["student"]), command, run, m["student"]),
+        _row(fixed, paper[1], score(m["student_bias_fixed"]), command, run, m["student_bias_fixed"], same_run=True),
         _row(f"  + automatic shift {auto:+.2f}{classes} (prior matching, no test labels)", "-",
-             score(m["student_bias_auto"]), command, run, 0.0),
+             score(m["student_bias_auto"]), command, run, m["student_bias_auto"], same_run=True),
         _row(f"  + shift {tuned:+.2f}{classes} tuned on our test set (the paper's procedure)", "-",
-             score(m["student_bias_test_tuned"]), command, run, 0.0),
+             score(m["student_bias_test_tuned"]), command, run, m["student_bias_test_tuned"], same_run=True),
     ]
 
 
@@ -90,9 +93,9 @@ def small_rows(command: str, run: RunMetrics) -> list[dict]:
     s = run.models
     return [
         _row("3 % of the data, hard labels (test accuracy)", "44.5 % (speech)", f"{100 * s['baseline'].accuracy:.2f} %",
-             command, run, s["baseline"].train_seconds),
+             command, run, s["baseline"]),
         _row(f"3 % of the data, soft targets ({_teacher_of(run)})", "57.0 % (speech)",
-             f"{100 * s['student'].accuracy:.2f} %", command, run, s["student"].train_seconds),
+             f"{100 * s['student'].accuracy:.2f} %", command, run, s["student"]),
     ]
 
 
@@ -140,9 +143,9 @@ def variant_rows(name: str, command: str, run: RunMetrics) -> list[dict]:
     m = run.models
     return [
         _row(f"teacher, {TEACHER_VARIANTS[name]} (test errors)", "67", str(m["teacher"].errors), command, run,
-             m["teacher"].train_seconds),
+             m["teacher"]),
         _row(f"student 800-800, soft targets T = 20 of that teacher{STUDENT_CHANGES.get(name, '')}", "74",
-             str(m["student"].errors), command, run, m["student"].train_seconds),
+             str(m["student"].errors), command, run, m["student"]),
     ]
 
 
@@ -150,7 +153,7 @@ def screen_rows(name: str, command: str, run: RunMetrics) -> list[dict]:
     """A student of SCREENED_TEACHER's teacher with one setting changed (`--set teacher.checkpoint`)."""
     student = run.models["student"]
     return [_row(f"student of that 200-epoch teacher, {STUDENT_SCREEN[name][0]}", "74", str(student.errors),
-                 command, run, student.train_seconds)]
+                 command, run, student)]
 
 
 def entries(runs: Path) -> list[TableEntry]:
@@ -172,10 +175,11 @@ def _command(run_name: str, overrides: list[str] = ()) -> str:
 
 def markdown(table: dict[str, list[dict]]) -> str:
     rows = [row for entry in table.values() for row in entry]
-    lines = ["| setting | paper | ours | train time | command | git |", "|---|---|---|---|---|---|"]
+    lines = ["| setting | paper | ours | train time | precision | command | git |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         seconds = f"{r['seconds'] / 60:.1f} min" if r["seconds"] else "(same run)"
-        lines.append(f"| {r['setting']} | {r['paper']} | {r['ours']} | {seconds} | `{r['command']}` | "
+        precision = shown_precision(r.get("precision"))
+        lines.append(f"| {r['setting']} | {r['paper']} | {r['ours']} | {seconds} | {precision} | `{r['command']}` | "
                      f"{short_sha(r['git_sha'])} |")
     lines.append("")
     machines: dict[str, list[str]] = {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from distill.provenance import short_sha
 from distill.records import to_plain
-from distillery.benchmark import TableEntry, table_script
+from distillery.benchmark import TableEntry, shown_precision, table_script
 from distillery.metrics import RunMetrics
 
 RUNS = {"synthetic": "synthetic_specialists", "fashion_mnist": "fashion_specialists",
@@ -41,6 +41,7 @@ def summarise(metrics: RunMetrics) -> dict:
         "wall_seconds": metrics.run.seconds, "clustering_seconds": clustering.seconds,
         "specialist_train_seconds": sum(section.train_seconds.values()),
         "git_sha": metrics.run.git_sha, "machine": metrics.run.machine,
+        "precision": {name: m.precision for name, m in models.items()},
     }
 
 
@@ -50,8 +51,8 @@ def _percent(value: float | None, digits: int = 1) -> str:
 
 def markdown(results: dict) -> str:
     lines = ["| data set | specialists | ARI | generalist | + specialists | relative gain | conditional top-1 "
-             "| student | student's share of the gain | hard-label baseline | wall time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| student | student's share of the gain | hard-label baseline | wall time | precision |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         m, conditional = r["models"], r["conditional_top1"]
         ari = "n/a" if r["ari"] is None else f"{r['ari']:.3f}"
@@ -60,7 +61,7 @@ def markdown(results: dict) -> str:
                      f"| {100 * m['specialists']['accuracy']:.2f} % | {_percent(r['top1']['relative_gain'])} "
                      f"| {100 * conditional['generalist']:.2f} -> {100 * conditional['combined']:.2f} % "
                      f"| {100 * m['student']['accuracy']:.2f} % | {share} | {100 * m['baseline']['accuracy']:.2f} % "
-                     f"| {r['wall_seconds'] / 60:.1f} min |")
+                     f"| {r['wall_seconds'] / 60:.1f} min | {shown_precision(r.get('precision'))} |")
     for name, r in results.items():
         commit = short_sha(r["git_sha"])
         lines += ["", f"{name} (`distillery run configs/{RUNS[name]}.yaml`, git {commit}): relative top-1 "

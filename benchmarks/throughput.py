@@ -1,12 +1,14 @@
-"""Training throughput against the same process's GEMM rate, and a distillation epoch against a plain one.
+"""Training throughput in fp32 and bf16 against the same process's GEMM rate, and a distillation epoch against a
+plain one.
 
-    python benchmarks/throughput.py [--epochs 3] [--out benchmarks/results]
+    python benchmarks/throughput.py [--epochs 3] [--precisions fp32 bf16] [--out benchmarks/results]
 
 For the paper's 1200-1200 teacher (dropout, max-norm, 2-pixel jitter) and 800-800 student at batch 128 on
-MNIST-shaped data, it reports achieved training FLOP/s (the GEMM work of forward and backward, counted exactly)
-as a share of the FLOP/s that torch.mm reaches on the very same matrix shapes in this process. It then times a
-student epoch on cached soft targets (T = 20) against a hard-label epoch of the same student. Ratios, not wall
-times, are the results: both sides of each ratio run in the same process, interleaved.
+MNIST-shaped data, in each precision, it reports the epoch time and the achieved training FLOP/s (the GEMM work of
+forward and backward, counted exactly) as a share of the FLOP/s that torch.mm reaches on the very same matrix
+shapes in that precision, in this process; then the bf16 epoch over the fp32 epoch. It also times a student epoch
+on cached soft targets (T = 20) against a hard-label epoch of the same student. Ratios, not wall times, are the
+results: both sides of each ratio run in the same process, interleaved epoch by epoch.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import torch
 from distill.config import LossWeights, TrainConfig
 from distill.memory import retain_freed_memory
 from distill.models import create_model
+from distill.precision import bf16_matrix_units
 from distill.train import HARD_LABELS, SoftTargets, make_optimizer, make_schedule, train_epoch
 from distillery.benchmark import parser, write_result
 
 N, BATCH, INPUT = 60_000, 128, 784
+CPU = torch.device("cpu")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TEACHER = {"hidden": [1200, 1200], "dropout_input": 0.2, "dropout_hidden": 0.5, "max_norm": 3.5}
 STUDENT = {"hidden": [800, 800]}
 
@@ -33,15 +38,15 @@ def training_flops_per_example(widths: list[int]) -> int:
     return 6 * sum(i * o for i, o in layers) - 2 * layers[0][0] * layers[0][1]
 
 
-def gemm_seconds_per_step(widths: list[int], repeats: int = 100) -> float:
-    """Seconds torch.mm takes for one step's GEMMs (same shapes as the MLP's forward and backward)."""
+def gemm_seconds_per_step(widths: list[int], dtype: torch.dtype, repeats: int = 100) -> float:
+    """Seconds torch.mm takes for one step's GEMMs in `dtype` (same shapes as the MLP's forward and backward)."""
     shapes = []
     for index, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
         shapes.append((BATCH, fan_in, fan_out))  # forward
         shapes.append((fan_out, BATCH, fan_in))  # weight gradient
         if index:
             shapes.append((BATCH, fan_out, fan_in))  # input gradient
-    operands = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
+    operands = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)) for m, k, n in shapes]
     for a, b in operands:
         torch.mm(a, b)
     started = time.perf_counter()
@@ -51,43 +56,52 @@ def gemm_seconds_per_step(widths: list[int], repeats: int = 100) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def time_epoch(kwargs: dict, config: TrainConfig, weights: LossWeights, inputs, labels, targets=None) -> float:
+def time_epoch(kwargs: dict, config: TrainConfig, weights: LossWeights, inputs, labels, targets=None,
+               precision: str = "fp32") -> float:
     torch.manual_seed(0)
     model = create_model("mlp", 10, (1, 28, 28), **kwargs)
     optimizer = make_optimizer(model, config)
     scheduler = make_schedule(optimizer, config, steps_per_epoch=-(-N // BATCH))
     generator = torch.Generator().manual_seed(0)
     started = time.perf_counter()
-    train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator)
+    train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator, precision)
     return time.perf_counter() - started
 
 
 def main() -> None:
     arguments = parser(__doc__.split("\n\n")[0])
     arguments.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement (median is kept)")
+    arguments.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     args = arguments.parse_args()
     retain_freed_memory()  # as distill.train.train does: the epochs timed here are the epochs users run
     inputs, labels = torch.rand(N, 1, 28, 28), torch.randint(0, 10, (N,))
     soft = SoftTargets(logits=torch.randn(N, 10) * 5)
-    results = {"batch_size": BATCH, "epochs_timed": args.epochs, "models": {}}
+    results = {"batch_size": BATCH, "epochs_timed": args.epochs, "bf16_matrix_units": bf16_matrix_units(CPU),
+               "models": {}}
+    steps = -(-N // BATCH)
     for name, kwargs, shift in [("teacher_1200_1200", TEACHER, 2), ("student_800_800", STUDENT, 0)]:
         widths = [INPUT, *kwargs["hidden"], 10]
         config = TrainConfig(epochs=1, batch_size=BATCH, lr=0.05, augment_shift=shift)
         flops = training_flops_per_example(widths)
-        steps = -(-N // BATCH)
-        epochs, gemms = [], []
-        for _ in range(args.epochs):  # GEMM timed right after each epoch: the machine's speed drifts
-            epochs.append(time_epoch(kwargs, config, HARD_LABELS, inputs, labels))
-            gemms.append(gemm_seconds_per_step(widths) * steps)
-        shares = [gemm / epoch for epoch, gemm in zip(epochs, gemms)]
-        epoch, share = statistics.median(epochs), statistics.median(shares)
-        achieved = flops * N / epoch
-        results["models"][name] = {"epoch_seconds": epochs, "gemm_seconds_per_epoch": gemms,
-                                   "training_gflops": achieved / 1e9,
-                                   "gemm_gflops_same_shapes": flops * N / statistics.median(gemms) / 1e9,
-                                   "share_of_gemm": share, "augment_shift": shift}
-        print(f"{name}: epoch {epoch:.2f}s, {achieved / 1e9:.1f} GFLOP/s; share of torch.mm's rate on the same "
-              f"shapes (median of per-epoch ratios): {share:.1%}")
+        epochs, gemms = {p: [] for p in args.precisions}, {p: [] for p in args.precisions}
+        for _ in range(args.epochs):  # precisions interleaved, each GEMM timed right after its epoch: speed drifts
+            for precision in args.precisions:
+                epochs[precision].append(time_epoch(kwargs, config, HARD_LABELS, inputs, labels, precision=precision))
+                gemms[precision].append(gemm_seconds_per_step(widths, DTYPES[precision]) * steps)
+        entry = {"augment_shift": shift}
+        for precision in args.precisions:
+            epoch = statistics.median(epochs[precision])
+            share = statistics.median(gemm / seconds for gemm, seconds in zip(gemms[precision], epochs[precision]))
+            entry[precision] = {"epoch_seconds": epochs[precision], "gemm_seconds_per_epoch": gemms[precision],
+                                "training_gflops": flops * N / epoch / 1e9,
+                                "gemm_gflops_same_shapes": flops * N / statistics.median(gemms[precision]) / 1e9,
+                                "share_of_gemm": share}
+            print(f"{name} {precision}: epoch {epoch:.2f} s, {flops * N / epoch / 1e9:.1f} GFLOP/s, "
+                  f"{share:.1%} of torch.mm's rate on the same shapes in {precision}")
+        if len(args.precisions) == 2:
+            entry["bf16_over_fp32_epoch"] = statistics.median(b / f for f, b in zip(epochs["fp32"], epochs["bf16"]))
+            print(f"{name}: bf16 epoch / fp32 epoch (median of paired epochs) {entry['bf16_over_fp32_epoch']:.2f}")
+        results["models"][name] = entry
     config = TrainConfig(epochs=1, batch_size=BATCH, lr=0.05)
     plain, distilled = [], []
     for _ in range(args.epochs):  # interleaved, so drift in machine load hits both alike
@@ -96,7 +110,7 @@ def main() -> None:
     ratio = statistics.median(distilled) / statistics.median(plain)
     results["distillation_epoch"] = {"plain_seconds": statistics.median(plain),
                                      "distill_seconds": statistics.median(distilled), "ratio": ratio,
-                                     "setting": "800-800 student, cached soft targets, T=20, w_soft=1, w_hard=0"}
+                                     "setting": "800-800 student, fp32, cached soft targets, T=20, w_soft=1, w_hard=0"}
     print(f"cached-soft-target epoch / hard-label epoch: {ratio:.3f}")
     write_result(args.out, "throughput", results)
 

@@ -25,6 +25,7 @@ Executor = Literal["ray", "local"]
 AffinitySource = Literal["covariance", "confusion"]  # what the specialists' classes are clustered on
 KMeansAlgorithm = Literal["kmeans", "online"]
 Eq5Solver = Literal["em", "gradient"]
+Precision = Literal["auto", "fp32", "bf16"]  # of a model's matrix products (distill/precision.py)
 
 
 @dataclass
@@ -59,6 +60,10 @@ class TrainConfig:
     # averaging, Izmailov et al. 2018); 0 returns the last weights. The paper is silent here: this is our addition.
     # A training curve's test points are of the weights being trained, not of the average.
     average_last: int = 0
+    # The precision of the model's matrix products, in training and in every later forward pass (soft targets,
+    # evaluation): bf16 under autocast with fp32 master weights, or fp32; auto is bf16 where the hardware has bf16
+    # matrix units (distill/precision.py). The precision used is recorded with the model.
+    precision: Precision = "auto"
 
     def validate(self, where: str) -> None:
         _require(self.epochs >= 1, f"{where}.epochs must be >= 1, got {self.epochs}")

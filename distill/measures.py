@@ -23,7 +23,8 @@ class ModelMetrics:
     """What is measured of one model on the test set: metrics.json's entry for each model.
 
     agreement (top-1) and kl_to_teacher (mean KL(teacher || model)) are measured against the model the students
-    learn from, for students only; train_seconds is set for the models the run trained.
+    learn from, for students only; train_seconds is set for the models the run trained; precision is that of the
+    model's matrix products (for a combination: its models', or "mixed").
     """
 
     accuracy: float
@@ -35,6 +36,7 @@ class ModelMetrics:
     agreement: float | None = None
     kl_to_teacher: float | None = None
     train_seconds: float | None = None
+    precision: str | None = None
 
 
 def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> Reliability:

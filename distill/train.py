@@ -23,6 +23,7 @@ from distill.data import translate_batch
 from distill.errors import TrainingError
 from distill.losses import distillation_loss, softmax_at
 from distill.memory import retain_freed_memory
+from distill.precision import ComputePrecision, autocast
 from distill.records import to_plain
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,19 @@ class EpochRecord:
 
 @dataclass
 class SoftTargets:
-    """Where soft targets come from: cached logits (N, C) aligned with the inputs, or a frozen teacher."""
+    """Where soft targets come from: cached logits (N, C) aligned with the inputs, or a frozen teacher run in
+    `teacher_precision` on each batch."""
 
     logits: torch.Tensor | None = None
     teacher: nn.Module | None = None
+    teacher_precision: ComputePrecision = "fp32"
 
     def batch(self, index: torch.Tensor, inputs: torch.Tensor, temperature: float) -> torch.Tensor:
-        logits = self.teacher(inputs) if self.teacher is not None else self.logits[index]
-        return softmax_at(logits, temperature)
+        if self.teacher is None:
+            return softmax_at(self.logits[index], temperature)
+        with autocast(self.teacher_precision, inputs.device):
+            logits = self.teacher(inputs)
+        return softmax_at(logits.float(), temperature)
 
     def to(self, device: str | torch.device) -> SoftTargets:
         """Cached logits on `device` (a teacher module is never shipped to another device)."""
@@ -87,8 +93,9 @@ StateCallback = Callable[[dict], None]
 def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
           weights: LossWeights = HARD_LABELS, targets: SoftTargets | TopKSoftTargets | None = None, seed: int = 0,
           on_epoch: EpochCallback | None = None, on_state: StateCallback | None = None,
-          resume_from: dict | None = None) -> list[EpochRecord]:
-    """Train `model` in place; returns one record per epoch. Raises TrainingError on NaN.
+          resume_from: dict | None = None, precision: ComputePrecision = "fp32") -> list[EpochRecord]:
+    """Train `model` in place, its matrix products in `precision`; returns one record per epoch. Raises
+    TrainingError on NaN.
 
     After every epoch `on_state` receives the whole training state (see `training_state`); passing such a state
     as `resume_from` continues from that epoch exactly as if training had not stopped.
@@ -104,7 +111,7 @@ def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: 
                if resume_from else [])
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
-        loss = train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator)
+        loss = train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator, precision)
         if not math.isfinite(loss):
             raise TrainingError(f"training loss became {loss} in epoch {epoch + 1}: lower the learning rate "
                                 f"(lr={config.lr}) or check the inputs")
@@ -159,8 +166,9 @@ def restore_training_state(state: dict, model: nn.Module, optimizer: torch.optim
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, inputs: torch.Tensor,
                 labels: torch.Tensor, config: TrainConfig, weights: LossWeights,
                 targets: SoftTargets | TopKSoftTargets | None,
-                generator: torch.Generator) -> float:
-    """One pass over the inputs in a random order; returns the mean loss."""
+                generator: torch.Generator, precision: ComputePrecision = "fp32") -> float:
+    """One pass over the inputs in a random order; returns the mean loss. The model's matrix products run in
+    `precision`; the loss, the gradients reaching the weights and the update stay fp32."""
     model.train()
     order = torch.randperm(len(inputs), generator=generator, device=inputs.device)
     total = torch.zeros((), device=inputs.device)
@@ -168,7 +176,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, i
     for index in order.split(config.batch_size):
         batch = translate_batch(inputs.index_select(0, index), config.augment_shift, generator)
         teacher_probs = targets.batch(index, batch, weights.temperature) if weights.w_soft else None
-        loss = distillation_loss(model(batch), teacher_probs, labels[index], weights.temperature,
+        with autocast(precision, inputs.device):
+            logits = model(batch)
+        loss = distillation_loss(logits.float(), teacher_probs, labels[index], weights.temperature,
                                  weights.w_soft, weights.w_hard)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -196,7 +206,9 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_p
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """The model's logits (N, C) in evaluation mode, computed in batches."""
+def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 2048,
+                   precision: ComputePrecision = "fp32") -> torch.Tensor:
+    """The model's fp32 logits (N, C) in evaluation mode, its matrix products in `precision`, in batches."""
     model.eval()
-    return torch.cat([model(chunk) for chunk in inputs.split(batch_size)])
+    with autocast(precision, inputs.device):
+        return torch.cat([model(chunk).float() for chunk in inputs.split(batch_size)])

@@ -98,6 +98,13 @@ def table_script(description: str, name: str, entries: Callable[[Path], list[Tab
     print(markdown(write_table(args.out, name, entries(args.runs), markdown)))
 
 
+def shown_precision(recorded: str | dict[str, str | None] | None) -> str:
+    """How a table names the precision of an entry: a model's precision, or those of a run's models. An entry
+    without one comes from a run made before precisions were recorded, which trained in fp32."""
+    values = set(recorded.values()) if isinstance(recorded, dict) else {recorded}
+    return ", ".join(sorted(values - {None})) or "fp32"
+
+
 def distillery_command(config: str, out: Path, data_root: str, overrides: list[str]) -> list[str]:
     """`distillery run CONFIG --out OUT --data-root ROOT --set ...` with this interpreter's installation."""
     command_line = [sys.executable, "-m", "distillery", "run", config, "--out", str(out), "--data-root", data_root]

@@ -49,7 +49,8 @@ def command_run(args: argparse.Namespace) -> int:
     metrics = run(config, out_dir, data_root, args.download, progress=sys.stderr.isatty(), address=args.address,
                   resume=args.resume)
     for name, model in metrics.models.items():
-        print(f"{name:>20}: accuracy {model.accuracy:.4f}, errors {model.errors}")
+        print(f"{name:>20}: accuracy {model.accuracy:.4f}, errors {model.errors}" +
+              (f" ({model.precision})" if model.precision else ""))
     print(f"report: {out_dir / 'report.md'}")
     return 0
 

@@ -46,13 +46,15 @@ def _measure(context: RunContext, data: Dataset, teachers: Teachers, students: d
              absent: list[int]) -> tuple[dict[str, ModelMetrics], BiasRecord, SpecialistsMetrics | None]:
     """Every model's metrics, the bias record, and the specialists' section (None without specialists)."""
     config, labels = context.config, data.y_test
-    teacher_logits = {m.name: predict_logits(m.model, data.x_test) for m in teachers.members}
+    teacher_logits = {m.name: predict_logits(m.model, data.x_test, precision=m.precision) for m in teachers.members}
     models = {name: classification_metrics(logits, labels) for name, logits in teacher_logits.items()}
+    precisions = {m.name: m.precision for m in [*teachers.members, *students.values()]}
     specialists = None
     if teachers.is_ensemble:
         reference = combine_log_probs(torch.stack(list(teacher_logits.values())), 1.0, config.ensemble.combine,
                                       config.ensemble.weights)
         models["ensemble"] = classification_metrics(reference, labels)
+        precisions["ensemble"] = _common({m.precision for m in teachers.members})
     elif teachers.specialists:
         generalist_logits = teacher_logits[teachers.members[0].name]
         reference = teachers.specialists.combiner.log_probs(data.x_test, generalist_logits=generalist_logits)
@@ -60,17 +62,25 @@ def _measure(context: RunContext, data: Dataset, teachers: Teachers, students: d
         seconds = {m.name: context.seconds[m.name] for m in teachers.specialists.models}
         specialists = measure_specialists(teachers.specialists.combiner, teachers.specialists.clustering,
                                           generalist_logits, reference, labels, seconds)
+        precisions["specialists"] = _common(set(teachers.specialists.combiner.precisions))
     else:
         reference = teacher_logits[teachers.members[0].name]
-    student_logits = {name: predict_logits(model.model, data.x_test) for name, model in students.items()}
+    student_logits = {name: predict_logits(model.model, data.x_test, precision=model.precision)
+                      for name, model in students.items()}
     for name, logits in student_logits.items():
         models[name] = classification_metrics(logits, labels, reference)
     bias, corrected = _bias_corrections(config, data, students["student"], student_logits["student"], absent)
     for name, logits in corrected.items():
         models[name] = classification_metrics(logits, labels, reference)
+        precisions[name] = precisions["student"]
     for name, model in models.items():
-        model.train_seconds = context.seconds.get(name)
+        model.train_seconds, model.precision = context.seconds.get(name), precisions[name]
     return models, bias, specialists
+
+
+def _common(precisions: set[str]) -> str:
+    """The precision of a combination of models: theirs when they agree."""
+    return precisions.pop() if len(precisions) == 1 else "mixed"
 
 
 def _bias_corrections(config: RunConfig, data: Dataset, student: TrainedModel, student_logits: torch.Tensor,
@@ -86,7 +96,7 @@ def _bias_corrections(config: RunConfig, data: Dataset, student: TrainedModel, s
         corrected["student_bias_fixed"] = shift_logits(student_logits, config.bias.fixed)
         bias.fixed = config.bias.fixed
     if config.bias.auto and absent:
-        train_logits = predict_logits(student.model, data.x_train)
+        train_logits = predict_logits(student.model, data.x_train, precision=student.precision)
         prior = torch.isin(data.y_train.cpu(), torch.tensor(absent)).float().mean().item()
         shift = prior_matching_shift(train_logits.cpu(), absent, prior)
         corrected["student_bias_auto"] = shift_logits(student_logits, dict.fromkeys(absent, shift))

@@ -67,13 +67,13 @@ def write_report(out_dir: Path, config: RunConfig, metrics: RunMetrics) -> list[
 
 
 def models_table(models: dict[str, ModelMetrics]) -> str:
-    header = "| model | " + " | ".join(name for name, _ in COLUMNS) + " | train s |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
+    header = "| model | " + " | ".join(name for name, _ in COLUMNS) + " | train s | precision |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 3)]
     for name, metrics in models.items():
         values = [getattr(metrics, key) for key, _ in COLUMNS]
         cells = [fmt.format(value) if value is not None else "" for value, (_, fmt) in zip(values, COLUMNS)]
         seconds = f"{metrics.train_seconds:.1f}" if metrics.train_seconds is not None else ""
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds} | {metrics.precision or ''} |")
     return "\n".join(lines)
 
 

@@ -1,10 +1,11 @@
 """What the teachers give the student on the transfer set: soft targets, computed once and cached.
 
-One teacher or an ensemble: each model's logits, cached by its checkpoint's checksum (`distill.logit_cache`) and
-computed in parallel shards on Ray when missing; an ensemble averages them at the student's temperature. A
-generalist with specialists: their eq. 5 combination at that temperature, cached by the checksums of every model,
-whole or as each row's top-k probabilities. When the student's inputs are augmented, there is nothing to cache:
-the teacher runs on each augmented batch.
+One teacher or an ensemble: each model's logits, cached by its checkpoint's checksum and the precision it runs in
+(`distill.logit_cache`) and computed in parallel shards on Ray when missing; an ensemble averages them at the
+student's temperature. A generalist with specialists: their eq. 5 combination at that temperature, cached by the
+checksums and precisions of every model, whole or as each row's top-k probabilities. Every model predicts in the
+precision it trained in; softmax and averaging are fp32. When the student's inputs are augmented, there is nothing
+to cache: the teacher runs on each augmented batch.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ def soft_targets(context: RunContext, teachers: Teachers, inputs: torch.Tensor
         return _combined_soft_targets(context, teachers, inputs)
     members = teachers.members
     if config.student.train.augment_shift:
+        if not teachers.is_ensemble:
+            return SoftTargets(teacher=members[0].model, teacher_precision=members[0].precision)
         return SoftTargets(teacher=Ensemble([m.model for m in members], loss.temperature, config.ensemble.combine,
-                                            config.ensemble.weights) if teachers.is_ensemble else members[0].model)
+                                            config.ensemble.weights, [m.precision for m in members]))
     compute = lambda names: predict_all({m.name: m.path for m in members if m.name in names}, inputs,  # noqa: E731
                                         context.cluster)
-    logits = cached_logits(teachers.checksums, inputs, cache_home() / "soft_targets", compute)
+    keys = {m.name: f"{m.checksum}:{m.precision}" for m in members}
+    logits = cached_logits(keys, inputs, cache_home() / "soft_targets", compute)
     if not teachers.is_ensemble:
         return SoftTargets(logits=logits[members[0].name])
     stacked = torch.stack([logits[m.name] for m in members])

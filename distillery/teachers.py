@@ -88,12 +88,14 @@ def train_specialists(context: RunContext, data: Dataset, generalist: TrainedMod
     if manifest.reusable():
         clustering = read_subsets(subsets_path(context.out_dir))
     else:
-        clustering = cluster_classes(config.specialists, generalist.model, data, seed, context.out_dir)
+        clustering = cluster_classes(config.specialists, generalist.model, data, seed, context.out_dir,
+                                     generalist.precision)
         manifest.seal([subsets_path(context.out_dir), affinity_path(context.out_dir)])
     context.progress.announce("specialists")
     jobs, shifts = specialist_jobs(config, clustering.subsets, generalist.model, generalist.spec, data,
                                    context.model_seed, lambda more: context.inputs_key({**upstream, **more}))
     models = context.train(jobs, label="specialists")
     combiner = SpecialistEnsemble(generalist.model, [model.model for model in models], clustering.subsets, shifts,
-                                  config.specialists.top_n, config.specialists.solver)
+                                  config.specialists.top_n, config.specialists.solver,
+                                  [generalist.precision, *(model.precision for model in models)])
     return Specialists(combiner, clustering, models)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.config import EnsembleMethod
+from distill.precision import ComputePrecision, autocast
 from distill.records import check_choice
 
 
@@ -53,14 +54,19 @@ def ensemble_logits(member_logits: torch.Tensor, temperature: float = 1.0, metho
 
 class Ensemble(nn.Module):
     """Frozen members whose forward pass gives `ensemble_logits` at `temperature`: a drop-in teacher for code
-    that applies softmax(z / T), such as a student whose augmented batches need fresh teacher outputs."""
+    that applies softmax(z / T), such as a student whose augmented batches need fresh teacher outputs. Each member
+    runs in its own precision (default fp32)."""
 
     def __init__(self, members: list[nn.Module], temperature: float = 1.0, method: EnsembleMethod = "arithmetic",
-                 weights: list[float] | None = None):
+                 weights: list[float] | None = None, precisions: list[ComputePrecision] | None = None):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.temperature, self.method, self.weights = temperature, method, weights
+        self.precisions = precisions or ["fp32"] * len(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        member_logits = torch.stack([member(x) for member in self.members])
-        return ensemble_logits(member_logits, self.temperature, self.method, self.weights)
+        member_logits = []
+        for member, precision in zip(self.members, self.precisions):
+            with autocast(precision, x.device):
+                member_logits.append(member(x).float())
+        return ensemble_logits(torch.stack(member_logits), self.temperature, self.method, self.weights)

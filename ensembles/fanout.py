@@ -28,7 +28,7 @@ from distill.checkpoint import load_checkpoint
 from distill.config import ClusterConfig
 from distill.errors import ConfigError, DistilleryError, TrainingError
 from distill.train import predict_logits
-from ensembles.jobs import JobData, JobResult, TrainJob, run_job
+from ensembles.jobs import JobData, JobResult, TrainJob, checkpoint_precision, run_job
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,10 @@ def _describe(result: JobResult) -> str:
 
 
 def predict_all(paths: dict[str, Path], inputs: torch.Tensor, cluster: ClusterConfig) -> dict[str, torch.Tensor]:
-    """Each finished model's logits (N, C) on `inputs`: on Ray, one task per (model, shard of shard_rows rows)."""
+    """Each finished model's logits (N, C) on `inputs`, in the precision it trained in: on Ray, one task per (model,
+    shard of shard_rows rows)."""
     if cluster.executor == "local":
-        return {name: predict_logits(load_checkpoint(path, inputs.device)[0], inputs) for name, path in paths.items()}
+        return {name: _predict(path, inputs) for name, path in paths.items()}
     bounds = [(start, min(start + cluster.shard_rows, len(inputs))) for start in range(0, len(inputs),
                                                                                       cluster.shard_rows)]
     num_cpus, num_gpus = task_resources(cluster, len(paths) * len(bounds))
@@ -174,5 +175,10 @@ def _predict_on_worker(path: str, inputs: torch.Tensor, start: int, stop: int, n
                        num_gpus: float) -> torch.Tensor:
     torch.set_num_threads(max(1, math.floor(num_cpus)))
     device = "cuda" if num_gpus > 0 else "cpu"
-    model, _ = load_checkpoint(path, device)
-    return predict_logits(model, inputs[start:stop].to(device)).cpu()
+    return _predict(path, inputs[start:stop].to(device)).cpu()
+
+
+def _predict(path: str | Path, inputs: torch.Tensor) -> torch.Tensor:
+    """The logits of checkpoint `path`'s model on `inputs`, in the precision it trained in."""
+    model, payload = load_checkpoint(path, inputs.device)
+    return predict_logits(model, inputs, precision=checkpoint_precision(payload))

@@ -25,6 +25,7 @@ from distill.checkpoint import checksum_path, load_checkpoint, save_checkpoint
 from distill.config import LossWeights, ModelSpec, TrainConfig, to_dict
 from distill.errors import CheckpointError
 from distill.models import create_model, freeze
+from distill.precision import ComputePrecision, resolve_precision
 from distill.records import to_plain
 from distill.storage import append_json_line, atomic_torch_save, read_json_lines
 from distill.train import HARD_LABELS, EpochRecord, SoftTargets, TopKSoftTargets, predict_logits, train
@@ -73,6 +74,7 @@ class JobResult:
     checksum: str
     history: list[EpochRecord]
     train_seconds: float
+    precision: ComputePrecision
     resumed_from_epoch: int = 0
     reused: bool = False
 
@@ -90,6 +92,7 @@ class TrainedModel:
     seed: int
     num_classes: int
     input_shape: tuple[int, ...]
+    precision: ComputePrecision  # of its matrix products: in training, and in every forward pass of it
 
 
 def checkpoint_path(run_dir: Path, name: str) -> Path:
@@ -116,27 +119,30 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
         _stale(run_dir, job.name, state_path, "its partial training state")
         resume_from = None
     done = len(resume_from["history"]) if resume_from else 0
-    _log_event(run_dir, job.name, {"event": "resume" if done else "start", "epoch": done})
+    # A resumed job keeps the precision it started in, wherever it resumes: the rest of its epochs match.
+    precision = resume_from.get("precision", "fp32") if resume_from else resolve_precision(job.train.precision, device)
+    _log_event(run_dir, job.name, {"event": "resume" if done else "start", "epoch": done, "precision": precision})
 
     def record_epoch(epoch: int, record: EpochRecord) -> None:
         if data.evaluation is not None and _is_curve_point(epoch, job.train.epochs):
             x, y = data.evaluation
-            record.test_accuracy = (predict_logits(model, x).argmax(1) == y).float().mean().item()
+            record.test_accuracy = (predict_logits(model, x, precision=precision).argmax(1) == y).float().mean().item()
         _log_event(run_dir, job.name, {"event": "epoch", **to_plain(record)})
         if on_epoch is not None:
             on_epoch(job.name, epoch, record)
 
+    def save_state(state: dict) -> None:
+        atomic_torch_save(state_path, {**state, "inputs": job.inputs, "precision": precision})
+
     history = train(model, data.inputs, data.labels, job.train, job.weights, data.targets, job.seed,
-                    on_epoch=record_epoch, on_state=lambda state: atomic_torch_save(state_path,
-                                                                                    {**state, "inputs": job.inputs}),
-                    resume_from=resume_from)
+                    on_epoch=record_epoch, on_state=save_state, resume_from=resume_from, precision=precision)
     seconds = sum(record.seconds for record in history)  # over all attempts, without curve evaluations
     checksum = save_checkpoint(final, model, to_dict(job.spec), num_classes=job.num_classes,
                                input_shape=job.input_shape, seed=job.seed, config=job.config,
                                extra={"history": [to_plain(record) for record in history], "train_seconds": seconds,
-                                      "inputs": job.inputs})
+                                      "inputs": job.inputs, "precision": precision})
     state_path.unlink(missing_ok=True)
-    return JobResult(job.name, checksum, history, seconds, resumed_from_epoch=done)
+    return JobResult(job.name, checksum, history, seconds, precision, resumed_from_epoch=done)
 
 
 def _reuse(job: TrainJob, final: Path, run_dir: Path) -> JobResult | None:
@@ -154,7 +160,8 @@ def _reuse(job: TrainJob, final: Path, run_dir: Path) -> JobResult | None:
         return None
     _log_event(run_dir, job.name, {"event": "reused", "epoch": len(payload["history"]), "checksum": payload["sha256"]})
     history = [EpochRecord(**record) for record in payload["history"]]
-    return JobResult(job.name, payload["sha256"], history, payload["train_seconds"], reused=True)
+    return JobResult(job.name, payload["sha256"], history, payload["train_seconds"], checkpoint_precision(payload),
+                     reused=True)
 
 
 def _stale(run_dir: Path, name: str, path: Path, what: str) -> None:
@@ -169,7 +176,13 @@ def load_trained(path: str | Path, name: str, device: str | torch.device = "cpu"
     """The model of checkpoint `path`, verified and frozen, as model `name` of the run."""
     model, payload = load_checkpoint(path, device)
     return TrainedModel(name, freeze(model), ModelSpec(**payload["model"]), Path(path), payload["sha256"],
-                        payload["seed"], payload["num_classes"], tuple(payload["input_shape"]))
+                        payload["seed"], payload["num_classes"], tuple(payload["input_shape"]),
+                        checkpoint_precision(payload))
+
+
+def checkpoint_precision(payload: dict) -> ComputePrecision:
+    """The precision a checkpoint's model trained in (fp32 for checkpoints from before precisions were kept)."""
+    return payload.get("precision", "fp32")
 
 
 def load_job_model(run_dir: str | Path, name: str, device: str | torch.device = "cpu") -> TrainedModel:

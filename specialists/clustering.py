@@ -14,6 +14,7 @@ from torch import nn
 
 from distill.config import SpecialistsConfig
 from distill.data import Dataset
+from distill.precision import ComputePrecision
 from distill.records import from_plain, to_plain
 from distill.storage import atomic_write_json
 from distill.train import predict_logits
@@ -24,12 +25,13 @@ from specialists.subsets import Subsets, adjusted_rand_index, find_subsets, norm
 FOLDER = "specialists"
 
 
-def cluster_classes(config: SpecialistsConfig, generalist: nn.Module, data: Dataset, seed: int,
-                    run_dir: Path) -> Subsets:
-    """The special subsets and how they were found, written to `subsets_path`, and the affinity figure."""
+def cluster_classes(config: SpecialistsConfig, generalist: nn.Module, data: Dataset, seed: int, run_dir: Path,
+                    precision: ComputePrecision = "fp32") -> Subsets:
+    """The special subsets and how they were found, written to `subsets_path`, and the affinity figure; the
+    generalist predicts in `precision`."""
     started = time.perf_counter()
     clustering = config.clustering
-    affinity, dropped = _affinity(config, generalist, data)
+    affinity, dropped = _affinity(config, generalist, data, precision)
     matrix = normalised_columns(affinity) if clustering.normalize else affinity
     found = find_subsets(matrix, config.count, clustering.overlap, clustering.min_size, clustering.max_size,
                          clustering.algorithm, seed)
@@ -55,13 +57,15 @@ def affinity_path(run_dir: Path) -> Path:
     return Path(run_dir) / FOLDER / "affinity.png"
 
 
-def _affinity(config: SpecialistsConfig, generalist: nn.Module, data: Dataset) -> tuple[torch.Tensor, float | None]:
+def _affinity(config: SpecialistsConfig, generalist: nn.Module, data: Dataset,
+              precision: ComputePrecision) -> tuple[torch.Tensor, float | None]:
     """The class-affinity matrix (C, C) on the training inputs, and the probability mass top-k dropped."""
     clustering = config.clustering
     if clustering.source == "confusion":
-        predicted = predict_logits(generalist, data.x_train).argmax(1)
+        predicted = predict_logits(generalist, data.x_train, precision=precision).argmax(1)
         return confusion_affinity(predicted.cpu(), data.y_train.cpu(), data.num_classes), None
     accumulator = CovarianceAccumulator(data.num_classes, clustering.top_k)
     for chunk in data.x_train.split(8192):
-        accumulator.update(torch.softmax(predict_logits(generalist, chunk) / clustering.temperature, dim=1))
+        logits = predict_logits(generalist, chunk, precision=precision)
+        accumulator.update(torch.softmax(logits / clustering.temperature, dim=1))
     return accumulator.covariance(), accumulator.dropped_mass if clustering.top_k else None

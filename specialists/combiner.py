@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from distill.config import Eq5Solver
+from distill.precision import ComputePrecision
 from distill.storage import fingerprint
 from distill.train import predict_logits
 from specialists.eq5 import active_specialists, solve, specialist_batch
@@ -16,7 +17,8 @@ from specialists.specialist import corrected_logits, output_layer
 
 @dataclass
 class SpecialistEnsemble:
-    """The frozen generalist, the frozen specialists, their subsets and dustbin-logit corrections."""
+    """The frozen generalist, the frozen specialists, their subsets and dustbin-logit corrections, and the
+    precision each runs in (the one it trained in: the generalist's first)."""
 
     generalist: nn.Module
     specialists: list[nn.Module]
@@ -24,8 +26,10 @@ class SpecialistEnsemble:
     dustbin_shifts: list[float]
     top_n: int = 1
     solver: Eq5Solver = "em"
+    precisions: list[ComputePrecision] | None = None  # None: every model in fp32
 
     def __post_init__(self):
+        self.precisions = self.precisions or ["fp32"] * (1 + len(self.specialists))
         num_classes = output_layer(self.generalist)[1].out_features
         self.membership = torch.zeros(len(self.subsets), num_classes, dtype=torch.bool)
         for m, subset in enumerate(self.subsets):
@@ -35,7 +39,8 @@ class SpecialistEnsemble:
         """A checksum-like key of this combination at `temperature` (the soft-target cache's key), given the
         checkpoint checksums of the generalist and the specialists."""
         return fingerprint({"checksums": checksums, "subsets": self.subsets, "shifts": self.dustbin_shifts,
-                            "top_n": self.top_n, "solver": self.solver, "temperature": temperature})
+                            "top_n": self.top_n, "solver": self.solver, "temperature": temperature,
+                            "precisions": self.precisions})
 
     def log_probs(self, inputs: torch.Tensor, temperature: float = 1.0, chunk: int = 4096,
                   generalist_logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -45,7 +50,7 @@ class SpecialistEnsemble:
         decided at T = 1 (the generalist's top-n classes do not depend on T).
         """
         if generalist_logits is None:
-            generalist_logits = predict_logits(self.generalist, inputs)
+            generalist_logits = predict_logits(self.generalist, inputs, precision=self.precisions[0])
         return torch.cat([self._chunk_log_probs(inputs[start:start + chunk], generalist_logits[start:start + chunk],
                                                 temperature) for start in range(0, len(inputs), chunk)])
 
@@ -54,10 +59,11 @@ class SpecialistEnsemble:
         generalist_probs = torch.softmax(generalist_logits.double() / temperature, dim=1)
         active = active_specialists(generalist_logits, self.membership.to(inputs.device), self.top_n)
         outputs = {}
-        for m, (specialist, shift) in enumerate(zip(self.specialists, self.dustbin_shifts)):
+        for m, (specialist, shift, precision) in enumerate(zip(self.specialists, self.dustbin_shifts,
+                                                               self.precisions[1:])):
             rows = active[:, m].nonzero().squeeze(1)
             if len(rows):
-                logits = corrected_logits(predict_logits(specialist, inputs[rows]), shift)
+                logits = corrected_logits(predict_logits(specialist, inputs[rows], precision=precision), shift)
                 outputs[m] = torch.softmax(logits.double() / temperature, dim=1)
         batch = specialist_batch(generalist_probs.shape[1], self.subsets, active, outputs, device=inputs.device)
         return solve(generalist_probs, batch, self.solver).clamp_min(1e-300).log().float()

@@ -5,9 +5,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from conftest import job_events, run_metrics, set_args, stage_events
+from distill.precision import resolve_precision
 from distillery.cli import main
 
 TINY = ["data.name=synthetic", "data.options={classes: 12, groups: 3, dim: 16, train_per_class: 30, test_per_class: 10}",
@@ -29,6 +31,8 @@ def test_tiny_end_to_end_run_writes_the_contract_files(tmp_path, capsys):
     for name in ("student", "baseline", *metrics.bias.corrected_students()):
         assert models[name].agreement is not None and models[name].kl_to_teacher is not None, name
     assert models["teacher"].agreement is None
+    expected = resolve_precision("auto", torch.device("cpu"))  # every model trains on auto, the default
+    assert {entry.precision for entry in models.values()} == {expected}
     assert metrics.transfer.absent_classes == [2] and metrics.bias.fixed == {2: 1.5}
     assert set(metrics.run.seeds) >= {"base", "teacher", "student", "baseline", "transfer"}
     resolved = yaml.safe_load((out / "config.yaml").read_text())
@@ -161,7 +165,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     # has the unit tests of the check.
     pytest.param(["--set", "cluster.num_cpus=4096"], "cluster.num_cpus=4096 per model, but the largest Ray node has",
                  2, marks=[pytest.mark.slow, pytest.mark.ray]),
-    ([*set_args(TINY), "--set", "teacher.train.lr=1e30"], "loss became nan", 1),
+    *[([*set_args(TINY), "--set", "teacher.train.lr=1e30", "--set", f"teacher.train.precision={precision}"],
+       "loss became nan", 1) for precision in ("fp32", "bf16")],
 ])
 def test_a_failing_process_prints_one_line(tmp_path, args, message, exit_code):
     out = tmp_path / "out"

@@ -9,6 +9,7 @@ from distill.config import ModelSpec, TrainConfig
 from distill.data import load_dataset
 from distill.errors import CheckpointError
 from distill.models import create_model
+from distill.precision import resolve_precision
 from distill.train import train
 from ensembles.jobs import JobData, TrainJob, checkpoint_path, run_job
 
@@ -39,10 +40,11 @@ def test_a_job_stopped_after_an_epoch_resumes_there_and_ends_as_if_never_stopped
     states = []
     torch.manual_seed(5)
     model = create_model("mlp", 10, (1, 8, 8), hidden=[32], dropout_hidden=0.3)
-    train(model, data.inputs, data.labels, _job().train, seed=5, on_state=states.append)
+    precision = resolve_precision(_job().train.precision, torch.device("cpu"))  # what run_job picks here
+    train(model, data.inputs, data.labels, _job().train, seed=5, on_state=states.append, precision=precision)
     interrupted = tmp_path / "interrupted"
     (interrupted / "state").mkdir(parents=True)
-    torch.save({**states[1], "inputs": _job().inputs}, interrupted / "state" / "member_0.pt")
+    torch.save({**states[1], "inputs": _job().inputs, "precision": precision}, interrupted / "state" / "member_0.pt")
     resumed = run_job(_job(), data, interrupted)
     assert resumed.resumed_from_epoch == 2 and _events(interrupted) == ["resume", "epoch", "epoch"]
     assert [r.loss for r in resumed.history] == [r.loss for r in straight.history]

@@ -31,7 +31,7 @@ def test_job_status_replays_the_log_and_counts_attempts_since_a_time(tmp_path):
 def test_progress_line_names_running_and_retried_jobs():
     statuses = {"member_0": JobStatus(3, 2), "member_1": JobStatus(12, 1), "member_2": JobStatus(),
                 **{f"member_{i}": JobStatus(1, 1) for i in range(3, 8)}}
-    finished = {"member_1": JobResult("member_1", "c", [], 1.0)}
+    finished = {"member_1": JobResult("member_1", "c", [], 1.0, "fp32")}
     line = progress_line(statuses, finished)
     assert line == "1/8 done, running member_0@3 member_3@1 member_4@1 member_5@1 +2, retried member_0"
 

@@ -7,6 +7,7 @@ from distill.data import load_dataset
 from distill.errors import CheckpointError, TrainingError
 from distill.logit_cache import cached_logits
 from distill.models import create_model, freeze
+from distill.precision import bf16_matrix_units
 from distill.train import SoftTargets, predict_logits, train
 
 
@@ -33,10 +34,16 @@ def test_hard_label_training_learns_and_is_seeded(digits):
     torch.testing.assert_close(predict_logits(again, digits.x_test), predict_logits(model, digits.x_test))
 
 
-@pytest.mark.parametrize("average_last", [0, 3])
-def test_training_resumed_from_a_saved_state_matches_an_uninterrupted_run(digits, average_last):
+BF16_UNITS = bf16_matrix_units(torch.device("cpu"))
+bf16_only = pytest.mark.skipif(not BF16_UNITS, reason="this CPU has no bf16 matrix units (AMX, AVX-512 BF16)")
+
+
+@pytest.mark.parametrize("average_last, precision", [(0, "fp32"), (3, "fp32"),
+                                                     pytest.param(0, "bf16", marks=bf16_only),
+                                                     pytest.param(3, "bf16", marks=bf16_only)])
+def test_training_resumed_from_a_saved_state_matches_an_uninterrupted_run(digits, average_last, precision):
     """Dropout draws from the global RNG, so the state must carry it too for the match to be exact; with weight
-    averaging the resume starts after the average has taken its first epoch."""
+    averaging the resume starts after the average has taken its first epoch. bf16 training resumes as exactly."""
     config = TrainConfig(epochs=4, batch_size=64, lr=0.1, augment_shift=1, average_last=average_last)
     states = []
 
@@ -45,10 +52,12 @@ def test_training_resumed_from_a_saved_state_matches_an_uninterrupted_run(digits
         return create_model("mlp", 10, digits.input_shape, hidden=[32], dropout_hidden=0.5)
 
     straight = fresh()
-    history = train(straight, digits.x_train, digits.y_train, config, seed=3, on_state=states.append)
+    history = train(straight, digits.x_train, digits.y_train, config, seed=3, on_state=states.append,
+                    precision=precision)
     torch.manual_seed(99)  # whatever the process did in between must not matter
     resumed = fresh()
-    resumed_history = train(resumed, digits.x_train, digits.y_train, config, seed=3, resume_from=states[2])
+    resumed_history = train(resumed, digits.x_train, digits.y_train, config, seed=3, resume_from=states[2],
+                            precision=precision)
     assert [r.loss for r in resumed_history] == [r.loss for r in history]
     for name, tensor in straight.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
@@ -96,12 +105,13 @@ def test_augmented_student_gets_teacher_outputs_on_each_augmented_batch(digits):
     assert sum(tuple(x.flatten().tolist()) in stored for x in seen) < 0.2 * len(seen)
 
 
-def test_nan_loss_stops_training_with_a_clear_error(digits):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_nan_loss_stops_training_with_a_clear_error(digits, precision):
     bad = digits.x_train.clone()
     bad[0, 0, 0, 0] = float("nan")
     model = create_model("mlp", 10, digits.input_shape, hidden=[8])
-    with pytest.raises(TrainingError, match="loss became nan"):
-        train(model, bad, digits.y_train, TrainConfig(epochs=2, batch_size=64, lr=0.1))
+    with pytest.raises(TrainingError, match="loss became nan in epoch 1"):
+        train(model, bad, digits.y_train, TrainConfig(epochs=2, batch_size=64, lr=0.1), precision=precision)
 
 
 def test_cache_returns_teacher_outputs_and_is_keyed_by_teacher(digits, tmp_path):
