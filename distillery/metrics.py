@@ -153,9 +153,13 @@ def read_metrics(path: Path) -> RunMetrics:
 
 def _upgraded(data: dict) -> dict:
     """A version-0 file in this version's layout: its specialists section held the clustering record's fields at
-    its top level, beside two derived ones that the record now computes; the oldest lack the run's executor."""
+    its top level, beside two derived ones that the record now computes; the oldest lack the run's executor.
+    Every version-0 model was fp32: precisions came with version 1."""
     if isinstance(data.get("run"), dict):
         data["run"].setdefault("executor", None)
+    for model in (data.get("models") or {}).values():
+        if isinstance(model, dict):
+            model.setdefault("precision", "fp32")
     section = data.get("specialists")
     if isinstance(section, dict) and "clustering" not in section:
         section["clustering"] = {field.name: section.pop(field.name, None) for field in dataclasses.fields(Subsets)}

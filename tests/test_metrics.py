@@ -42,16 +42,21 @@ def test_metrics_round_trip_through_the_file(tmp_path):
 
 def test_a_version_0_file_is_read_into_this_version(tmp_path):
     """Before versions, the specialists section held the clustering fields flat, with sizes and uncovered classes;
-    the oldest files also lacked the run's executor."""
+    the oldest files also lacked the run's executor, and every model was fp32."""
     expected = _metrics(SPECIALISTS)
     old = to_plain(expected)
     del old["version"], old["run"]["executor"]
+    for model in old["models"].values():
+        del model["precision"]
     section = old["specialists"]
     section.update(section.pop("clustering"), sizes=[2], uncovered_classes=1)
     (tmp_path / "metrics.json").write_text(json.dumps(old))
     read = read_metrics(tmp_path / "metrics.json")
     assert read.run.executor is None
+    assert {model.precision for model in read.models.values()} == {"fp32"}  # there was no bf16 before version 1
     read.run.executor = "local"
+    for model in read.models.values():
+        model.precision = None
     assert read == expected
     assert read.specialists.clustering.sizes == [2] and read.specialists.clustering.uncovered_classes == 1
 
