@@ -111,11 +111,11 @@ def markdown(record: dict) -> str:
             for precision in PRECISIONS:
                 s = case[precision]["errors"][model]
                 cells.append(f"{s['mean']:.1f} ± {s['std']:.1f}; {', '.join(str(v) for v in s['values'])}")
-            seconds = [statistics.mean(r["models"][model]["train_seconds"] or 0.0 for r in case[p]["runs"])
-                       for p in PRECISIONS]
+            seconds = [[r["models"][model]["train_seconds"] for r in case[p]["runs"]] for p in PRECISIONS]
+            trained = " -> ".join(f"{statistics.mean(s):.0f}" for s in seconds) if None not in seconds[0] else "-"
             verdict = {"within": "within", "below": "below (fewer errors)", "above": "**above (more errors)**"}
             lines.append(f"| {name} | {model} | {cells[0]} | {cells[1]} | {verdict[against]} "
-                         f"| {seconds[0]:.0f} -> {seconds[1]:.0f} |")
+                         f"| {trained} |")
     lines += ["", f"Seeds {record['seeds']}; command: `{record['command']}`; git {record['git_sha']}; "
               f"{record['machine']}.", ""]
     return "\n".join(lines)
