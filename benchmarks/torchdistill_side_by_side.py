@@ -66,11 +66,12 @@ def distillery(*args: str) -> list[str]:
 
 
 def train_teacher(work: Path, data_root: str, epochs: int) -> Path:
-    """Train the teacher, or reuse it: --resume reuses a finished run of this very config and refuses another."""
+    """Train the teacher, or reuse it: --resume reuses a finished run of this very config and refuses another. In
+    fp32: torchdistill runs a teacher in fp32, and Distillery predicts with one in the precision it trained in."""
     out = work / "teacher"
     timed(distillery("--out", str(out), "--data-root", data_root, "--resume", "--set",
-                     f"teacher.train.epochs={epochs}", "--set", "student.train.epochs=1", "--set",
-                     "baseline.enabled=false"))
+                     f"teacher.train.epochs={epochs}", "--set", "teacher.train.precision=fp32", "--set",
+                     "student.train.epochs=1", "--set", "baseline.enabled=false"))
     return out / "teacher.pt"
 
 
