@@ -1,22 +1,22 @@
 """Distillery against torchdistill on the same MNIST distillation, measured side by side in one run.
 
     python benchmarks/torchdistill_side_by_side.py --data-root ../shared/datasets
-        [--teacher-epochs 20] [--epochs 60] [--their-precisions no bf16] [--work runs/torchdistill_bench]
-        [--out benchmarks/results]
+        [--teacher-epochs 20] [--epochs 60] [--work runs/torchdistill_bench] [--out benchmarks/results]
 
 1. A 1200-1200 teacher (configs/mnist.yaml's recipe, `--teacher-epochs` long, fp32) is trained once by
    Distillery, or taken from `--teacher`; both sides distil from this very checkpoint.
 2. Distillery: `distillery run configs/mnist.yaml` with that teacher, no baseline, a fresh soft-target cache (the
    teacher's logits are computed inside the timed run), the student on `precision: auto`, the default.
-3. torchdistill (from the registry, installed by this script into benchmarks/.venv-torchdistill with Hugging
-   Face accelerate, so the project never depends on them; Distillery goes in beside them without dependencies,
-   for the model definitions): benchmarks/torchdistill/run_kd.py with benchmarks/torchdistill/mnist_kd.yaml, the
-   same student module, epochs, batch size, optimizer, schedule, T and loss weights. `no` runs it as its users do
-   by default (fp32); `bf16` hands its DistillationBox an accelerate Accelerator with mixed_precision="bf16" on
-   the CPU, torchdistill's own route to mixed precision (the student's forward under bf16 autocast).
+3. torchdistill (from the registry, installed by this script into benchmarks/.venv-torchdistill, so the project
+   never depends on it; Distillery goes in beside it without dependencies, for the model definitions):
+   benchmarks/torchdistill/run_kd.py with benchmarks/torchdistill/mnist_kd.yaml, the same student module, epochs,
+   batch size, optimizer, schedule, T and loss weights, in fp32 as its users run it. (Its one route to mixed
+   precision, a Hugging Face accelerate Accelerator handed to its DistillationBox, does not run bf16 on a CPU:
+   torchdistill 1.1.5 reads an attribute accelerate 1.x no longer has, and with accelerate 0.34 it casts the
+   teacher to fp16 and fails on fp32 inputs.)
 Each side is one process timed end to end (start, data, training, test evaluation); both report their training
-loop's seconds too. Distillery runs before, between and after the torchdistill runs, so the shared machine's drift
-shows in the spread of its runs. Results: benchmarks/results/torchdistill.{json,md}.
+loop's seconds too. Distillery runs before and after torchdistill, so the shared machine's drift shows in the gap
+between its two runs. Results: benchmarks/results/torchdistill.{json,md}.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from distillery.run_folder import METRICS
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / "benchmarks" / ".venv-torchdistill"
 TORCHDISTILL = "torchdistill==1.1.5"
-ACCELERATE = "accelerate==1.15.0"
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]  # the project's own torch build, from this machine's wheels
 CONFIG = REPO / "benchmarks" / "torchdistill" / "mnist_kd.yaml"
 
@@ -47,8 +46,8 @@ def ensure_torchdistill_env() -> Path:
     python = VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    if subprocess.run([str(python), "-c", "import torchdistill, accelerate, distill"], capture_output=True).returncode:
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *TORCH, TORCHDISTILL, ACCELERATE], check=True)
+    if subprocess.run([str(python), "-c", "import torchdistill, distill"], capture_output=True).returncode:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *TORCH, TORCHDISTILL], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO)], check=True)
     return python
 
@@ -87,8 +86,6 @@ def main() -> None:
     arguments.add_argument("--teacher", help="a Distillery 1200-1200 MNIST teacher checkpoint (default: train one)")
     arguments.add_argument("--teacher-epochs", type=int, default=20)
     arguments.add_argument("--epochs", type=int, default=60)
-    arguments.add_argument("--their-precisions", nargs="+", default=["no", "bf16"], choices=["no", "bf16"],
-                           help="torchdistill's runs: no (fp32, its default) and bf16 (accelerate's mixed precision)")
     arguments.add_argument("--work", default="runs/torchdistill_bench", help="scratch folder of both sides' runs")
     args = arguments.parse_args()
     work = Path(args.work).resolve()
@@ -106,55 +103,50 @@ def main() -> None:
         return {"wall_seconds": wall, "train_seconds": student.train_seconds, "test_errors": student.errors,
                 "precision": student.precision}
 
-    def theirs(precision: str) -> dict:
-        result = work / f"torchdistill_{precision}.json"
+    def theirs() -> dict:
+        result = work / "torchdistill.json"
         wall = timed([str(python), str(REPO / "benchmarks" / "torchdistill" / "run_kd.py"), "--config", str(CONFIG),
                       "--teacher", str(teacher), "--data-root", args.data_root, "--epochs", str(args.epochs),
-                      "--mixed-precision", precision, "--result", str(result)])
+                      "--result", str(result)])
         measured = json.loads(result.read_text())
         return {"wall_seconds": wall, "train_seconds": measured["train_seconds"], "test_errors": measured["errors"],
-                "mixed_precision": precision, "version": measured["torchdistill"], "torch": measured["torch"]}
+                "version": measured["torchdistill"], "torch": measured["torch"]}
 
-    # Ours on both sides of each of theirs: the machine's drift shows as the spread of our runs.
-    our_runs, their_runs = [ours()], []
-    for precision in args.their_precisions:
-        their_runs.append(theirs(precision))
-        our_runs.append(ours())
+    our_runs = [ours()]  # ours on both sides of theirs: the machine's drift shows as the gap between the two
+    their_run = theirs()
+    our_runs.append(ours())
     mean = {key: sum(run[key] for run in our_runs) / len(our_runs) for key in ("wall_seconds", "train_seconds")}
     record = {
         "setting": f"MNIST, 1200-1200 teacher ({teacher_epochs(teacher)} epochs, fp32) -> 800-800 "
                    f"student, {args.epochs} epochs, batch 128, SGD Nesterov 0.9, one-cycle lr 0.05, T = 20, "
                    "soft term only (weight T^2), CPU",
-        "order": "Distillery, then each torchdistill run followed by Distillery; Distillery's times are the mean of "
-                 "its runs",
+        "order": "Distillery, torchdistill, Distillery; Distillery's times are the mean of its two runs",
         "teacher_errors": read_metrics(work / "teacher" / METRICS).models["teacher"].errors if not args.teacher
         else None,
         "distillery": {**mean, "runs": our_runs},
-        "torchdistill": their_runs,
-        "speedup_wall": {run["mixed_precision"]: run["wall_seconds"] / mean["wall_seconds"] for run in their_runs},
-        "speedup_train_loop": {run["mixed_precision"]: run["train_seconds"] / mean["train_seconds"]
-                               for run in their_runs},
+        "torchdistill": their_run,
+        "speedup_wall": their_run["wall_seconds"] / mean["wall_seconds"],
+        "speedup_train_loop": their_run["train_seconds"] / mean["train_seconds"],
     }
     write_result(args.out, "torchdistill", record, markdown)
     print(markdown({**record, "command": command(), "git_sha": git_sha(), "machine": machine()}))
 
 
 def markdown(record: dict) -> str:
-    ours = record["distillery"]
-    runs = ", ".join(f"{run['wall_seconds']:.1f}" for run in ours["runs"])
+    ours, theirs = record["distillery"], record["torchdistill"]
+    first, second = ours["runs"]
     precisions = ", ".join(sorted({run["precision"] for run in ours["runs"]}))
-    lines = [f"Setting: {record['setting']}; teacher {record['teacher_errors']} test errors. Order: {record['order']}.",
-             "", "| | wall time (s) | training loop (s) | student test errors | wall time / Distillery's |",
-             "|---|---|---|---|---|",
-             f"| Distillery, precision auto -> {precisions} (mean of {runs} s) | {ours['wall_seconds']:.1f} | "
-             f"{ours['train_seconds']:.1f} | {', '.join(str(run['test_errors']) for run in ours['runs'])} | 1 |"]
-    for run in record["torchdistill"]:
-        how = "its default, fp32" if run["mixed_precision"] == "no" else "accelerate, mixed precision bf16"
-        lines.append(f"| torchdistill {run['version']} ({how}) | {run['wall_seconds']:.1f} | {run['train_seconds']:.1f} "
-                     f"| {run['test_errors']} | {record['speedup_wall'][run['mixed_precision']]:.2f}x |")
-    lines += ["", f"Command: `{record['command']}`; git {record['git_sha']}; {record['machine']}; torch "
-              f"{record['torchdistill'][0]['torch']}.", ""]
-    return "\n".join(lines)
+    return "\n".join([
+        f"Setting: {record['setting']}; teacher {record['teacher_errors']} test errors. Order: {record['order']}.",
+        "", "| | wall time (s) | training loop (s) | student test errors |", "|---|---|---|---|",
+        f"| Distillery, precision auto ({precisions}; mean of {first['wall_seconds']:.1f} and "
+        f"{second['wall_seconds']:.1f} s) | {ours['wall_seconds']:.1f} | {ours['train_seconds']:.1f} | "
+        f"{first['test_errors']}, {second['test_errors']} |",
+        f"| torchdistill {theirs['version']} (fp32, as its users run it) | {theirs['wall_seconds']:.1f} | "
+        f"{theirs['train_seconds']:.1f} | {theirs['test_errors']} |",
+        f"| ratio (torchdistill / Distillery) | {record['speedup_wall']:.2f}x | {record['speedup_train_loop']:.2f}x | |",
+        "", f"Command: `{record['command']}`; git {record['git_sha']}; {record['machine']}; torch {theirs['torch']}.",
+        ""])
 
 
 if __name__ == "__main__":

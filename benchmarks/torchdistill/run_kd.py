@@ -1,14 +1,12 @@
 """torchdistill's side of benchmarks/torchdistill_side_by_side.py; runs in benchmarks/.venv-torchdistill.
 
     python benchmarks/torchdistill/run_kd.py --config benchmarks/torchdistill/mnist_kd.yaml --teacher T.pt
-        --data-root DIR --epochs 60 [--mixed-precision no|bf16] --result result.json
+        --data-root DIR --epochs 60 --result result.json
 
 Distils a Distillery teacher checkpoint (loaded with weights_only=True; the same frozen module in evaluation mode)
 into the same 800-800 student module, the way torchdistill's users run it: a torchvision MNIST data set with
 ToTensor through torchdistill's data loader, its DistillationBox and KDLoss from the YAML config, the teacher
-run on every batch. `--mixed-precision bf16` hands the DistillationBox a Hugging Face accelerate Accelerator with
-mixed_precision="bf16" on the CPU, torchdistill's route to mixed precision. Writes the student's test errors and
-the training loop's seconds.
+run on every batch. Writes the student's test errors and the training loop's seconds.
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ def main() -> None:
     for name in ("--config", "--teacher", "--data-root", "--result"):
         parser.add_argument(name, required=True)
     parser.add_argument("--epochs", type=int, required=True)
-    parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -50,13 +47,8 @@ def main() -> None:
     batch_size = train_config["train_data_loader"]["kwargs"]["batch_size"]
     train_config["scheduler"]["kwargs"].update(epochs=args.epochs,
                                                steps_per_epoch=math.ceil(len(train_set) / batch_size))
-    accelerator = None
-    if args.mixed_precision != "no":
-        from accelerate import Accelerator
-
-        accelerator = Accelerator(cpu=True, mixed_precision=args.mixed_precision)
     box = get_distillation_box(teacher, student, {"mnist/train": train_set}, train_config, torch.device("cpu"),
-                               device_ids=None, distributed=False, lr_factor=1, accelerator=accelerator)
+                               device_ids=None, distributed=False, lr_factor=1)
     started = time.perf_counter()
     for epoch in range(args.epochs):
         box.pre_epoch_process(epoch=epoch)
