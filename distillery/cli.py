@@ -8,11 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from distill.errors import DistilleryError
+from distill.errors import ConfigError, DistilleryError
+from distillery import DEMO_CONFIG
 
-# The demo, shipped with the package (a link to configs/demo.yaml in the repository): what `distillery run` runs
-# without a CONFIG.
-DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +29,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in --out: reuse finished stages whose inputs are unchanged, resume "
                           "unfinished models from their last epoch, rerun the rest")
     run.add_argument("--verbose", "-v", action="store_true", help="log every epoch")
+    sweep = commands.add_parser("sweep", help="a study: the runs of a grid of settings times several seeds, on Ray, "
+                                              "then their comparison")
+    sweep.add_argument("config", nargs="?", help="YAML config every run starts from (default: the demo)")
+    sweep.add_argument("--seeds", help="N (seeds 0..N-1) or a list such as 0,3,7; optional with --resume")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=[V1, V2, ...]",
+                       help="a config key and the values to try, e.g. --grid student.loss.temperature=[2,4] "
+                            "(repeatable: the runs are every combination)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key in every run (repeatable)")
+    sweep.add_argument("--out", required=True, help="the study folder: study.json, study.md, one run folder per run")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue the study in --out: keep its finished runs, resume the others")
+    sweep.add_argument("--address", help="join this Ray cluster ('auto' or HOST:PORT) instead of starting a local "
+                                         "one")
+    sweep.add_argument("--data-root", help="data root (default: $DISTILLERY_DATA, else the per-user cache)")
+    sweep.add_argument("--download", action="store_true", help="allow downloading a missing data set")
+    compare = commands.add_parser("compare", help="compare finished runs: mean ± sd per setting, paired "
+                                                  "differences with 95 %% intervals")
+    compare.add_argument("dirs", nargs="+", metavar="DIR", help="a study folder, or run folders")
+    compare.add_argument("--out", help="where study.md and study.json go (default: the study folder, when one "
+                                       "study is compared)")
     report = commands.add_parser("report", help="rebuild report.md and its figures from a finished run folder")
     report.add_argument("run_dir", metavar="DIR", help="a run folder holding config.yaml and metrics.json")
     return parser
@@ -72,13 +91,57 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_sweep(args: argparse.Namespace) -> int:
+    from distill.data import resolve_data_root
+    from distillery.study import StudyDefinition, parse_grid, parse_seeds
+    from distillery.sweep import sweep
+
+    study_dir = Path(args.out)
+    if args.seeds is None:
+        if not args.resume:
+            raise ConfigError("sweep needs --seeds (a count N, or a list such as 0,3,7)")
+        definition = _saved_definition(study_dir)
+    else:
+        definition = StudyDefinition(args.config, args.overrides, parse_grid(args.grid), parse_seeds(args.seeds))
+    study = sweep(definition, study_dir, resolve_data_root(args.data_root), args.download, args.address,
+                  args.resume)
+    failed = [run for run in study.runs if run.status == "failed"]
+    print(f"{len(study.runs) - len(failed)} of {len(study.runs)} runs finished" +
+          "".join(f"\nfailed: {run.folder}: {run.error}" for run in failed))
+    if study.comparison is not None:
+        print(f"study: {study_dir / 'study.md'}")
+    return 1 if failed else 0
+
+
+def _saved_definition(study_dir: Path):
+    from distillery.study import STUDY, read_study
+
+    if not (study_dir / STUDY).is_file():
+        raise ConfigError(f"--resume without --seeds continues a study, but {study_dir} holds none")
+    definition = read_study(study_dir).definition
+    if definition is None:
+        raise ConfigError(f"{study_dir / STUDY} records a comparison, not a sweep: there is nothing to resume")
+    return definition
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from distillery.compare import compare
+
+    written = compare([Path(d) for d in args.dirs], Path(args.out) if args.out else None)
+    print(f"study: {written}")
+    return 0
+
+
+COMMANDS = {"run": command_run, "sweep": command_sweep, "compare": command_compare, "report": command_report}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return command_run(args) if args.command == "run" else command_report(args)
+        return COMMANDS[args.command](args)
     except DistilleryError as error:
         print(f"distillery: error: {error}", file=sys.stderr)
         return error.exit_code

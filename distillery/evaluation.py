@@ -1,23 +1,26 @@
-"""metrics.json: every teacher or member, the ensemble or the specialists' combination, and each student measured
-against it on the test set, with the bias corrections of classes absent from the transfer set."""
+"""metrics.json and test_outcomes.npz: every teacher or member, the ensemble or the specialists' combination, and
+each student measured against it on the test set, with the bias corrections of classes absent from the transfer
+set; the outcomes file keeps each model's answer per test example for paired comparisons (distillery compare)."""
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from distill.config import RunConfig
 from distill.data import Dataset, TransferSet
 from distill.measures import (ModelMetrics, classification_metrics, prior_matching_shift, shift_logits,
                               shift_tuned_on_labels)
+from distill.outcomes import TestOutcomes, outcomes_of, write_outcomes
 from distill.provenance import machine, versions
 from distill.train import predict_logits
 from distillery.context import RunContext
 from distillery.manifests import StageManifest
 from distillery.metrics import (METRICS_VERSION, BiasRecord, BiasShift, EnsembleRecord, MemberRecord, RunMetrics,
                                 RunRecord, TeacherRecord, TransferRecord, read_metrics, write_metrics)
-from distillery.run_folder import METRICS, computed_settings
+from distillery.run_folder import METRICS, OUTCOMES, computed_settings
 from distillery.teachers import Teachers
 from ensembles.averaging import combine_log_probs
 from ensembles.jobs import TrainedModel
@@ -33,32 +36,42 @@ def evaluate(context: RunContext, data: Dataset, teachers: Teachers, students: d
                                                              "config": computed_settings(context.config)})
     if manifest.reusable():
         return read_metrics(path)
-    models, bias, specialists = _measure(context, data, teachers, students, transfer.absent_classes)
+    models, outcomes, bias, specialists = _measure(context, data, teachers, students, transfer.absent_classes)
     metrics = RunMetrics(METRICS_VERSION, models, bias, context.history,
                          TransferRecord(len(transfer.indices), transfer.absent_classes),
                          _teacher_record(context.config, teachers), _run_record(context, started), specialists)
     write_metrics(path, metrics)
-    manifest.seal([path])
+    write_outcomes(context.out_dir / OUTCOMES, outcomes)
+    manifest.seal([path, context.out_dir / OUTCOMES])
     return metrics
 
 
 def _measure(context: RunContext, data: Dataset, teachers: Teachers, students: dict[str, TrainedModel],
-             absent: list[int]) -> tuple[dict[str, ModelMetrics], BiasRecord, SpecialistsMetrics | None]:
-    """Every model's metrics, the bias record, and the specialists' section (None without specialists)."""
+             absent: list[int]) -> tuple[dict[str, ModelMetrics], TestOutcomes, BiasRecord, SpecialistsMetrics | None]:
+    """Every model's metrics and per-example outcomes, the bias record, and the specialists' section (None without
+    specialists)."""
     config, labels = context.config, data.y_test
+    models: dict[str, ModelMetrics] = {}
+    outcomes = TestOutcomes(labels.cpu().numpy().astype(np.int32), {})
+
+    def measure(name: str, logits: torch.Tensor, reference: torch.Tensor | None = None) -> None:
+        models[name] = classification_metrics(logits, labels, reference)
+        outcomes.models[name] = outcomes_of(logits, labels)
+
     teacher_logits = {m.name: predict_logits(m.model, data.x_test, precision=m.precision) for m in teachers.members}
-    models = {name: classification_metrics(logits, labels) for name, logits in teacher_logits.items()}
+    for name, logits in teacher_logits.items():
+        measure(name, logits)
     precisions = {m.name: m.precision for m in [*teachers.members, *students.values()]}
     specialists = None
     if teachers.is_ensemble:
         reference = combine_log_probs(torch.stack(list(teacher_logits.values())), 1.0, config.ensemble.combine,
                                       config.ensemble.weights)
-        models["ensemble"] = classification_metrics(reference, labels)
+        measure("ensemble", reference)
         precisions["ensemble"] = _common({m.precision for m in teachers.members})
     elif teachers.specialists:
         generalist_logits = teacher_logits[teachers.members[0].name]
         reference = teachers.specialists.combiner.log_probs(data.x_test, generalist_logits=generalist_logits)
-        models["specialists"] = classification_metrics(reference, labels)
+        measure("specialists", reference)
         seconds = {m.name: context.seconds[m.name] for m in teachers.specialists.models}
         specialists = measure_specialists(teachers.specialists.combiner, teachers.specialists.clustering,
                                           generalist_logits, reference, labels, seconds)
@@ -68,14 +81,14 @@ def _measure(context: RunContext, data: Dataset, teachers: Teachers, students: d
     student_logits = {name: predict_logits(model.model, data.x_test, precision=model.precision)
                       for name, model in students.items()}
     for name, logits in student_logits.items():
-        models[name] = classification_metrics(logits, labels, reference)
+        measure(name, logits, reference)
     bias, corrected = _bias_corrections(config, data, students["student"], student_logits["student"], absent)
     for name, logits in corrected.items():
-        models[name] = classification_metrics(logits, labels, reference)
+        measure(name, logits, reference)
         precisions[name] = precisions["student"]
     for name, model in models.items():
         model.train_seconds, model.precision = context.seconds.get(name), precisions[name]
-    return models, bias, specialists
+    return models, outcomes, bias, specialists
 
 
 def _common(precisions: set[str]) -> str:

@@ -37,12 +37,14 @@ from ensembles.ray_connection import ray_session
 
 
 def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = False, progress: bool = False,
-        address: str | None = None, resume: bool = False) -> RunMetrics:
+        address: str | None = None, resume: bool = False, fan_out: bool = True) -> RunMetrics:
     """Run the whole pipeline and write config.yaml, checkpoints, metrics.json and report.md into `out_dir`.
 
     Everything that can be checked before training (data, class ids, model specs, a given teacher checkpoint,
     the transfer set, the run folder) is checked before the run folder is written to. `address` names the Ray
     cluster to join (None: a private local one); `resume` continues a run in `out_dir` made with the same config.
+    `fan_out=False` trains every model in this process, one after another: a study runs whole pipelines as Ray
+    tasks (distillery.sweep), and each of them computes on the CPUs its task holds.
     """
     started = time.perf_counter()
     context = RunContext(config, out_dir, Progress(progress))
@@ -53,7 +55,7 @@ def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = Fals
                                  config.transfer.omit_classes, config.transfer.keep_classes,
                                  seed=context.model_seed("transfer"))
     loaded_teacher = load_teacher(context, data) if config.teacher.checkpoint else None
-    if not _uses_ray(config, address):
+    if not fan_out or not _uses_ray(config, address):
         context.cluster = dataclasses.replace(config.cluster, executor="local")
     with ray_session(address) if context.cluster.executor == "ray" else nullcontext():
         if context.cluster.executor == "ray":

@@ -13,6 +13,7 @@ from distill.storage import atomic_write_text
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
+OUTCOMES = "test_outcomes.npz"
 REPORT = "report.md"
 
 

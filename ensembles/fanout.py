@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import ray
 import torch
@@ -115,7 +115,7 @@ def _collect(pending: dict, max_retries: int, watch: Watch) -> dict[str, JobResu
         for ref in done:
             name = pending.pop(ref)
             try:
-                finished[name] = _result(ref, name, max_retries)
+                finished[name] = task_result(ref, name, max_retries)
             except DistilleryError:
                 for other in pending:
                     ray.cancel(other, force=True)
@@ -134,7 +134,9 @@ def _train_here(jobs: list[tuple[TrainJob, JobData]], run_dir: Path, watch: Watc
     return finished
 
 
-def _result(ref, name: str, max_retries: int) -> JobResult:
+def task_result(ref, name: str, max_retries: int) -> Any:
+    """The value of Ray task `ref` (of job or run `name`); its failure as a DistilleryError: the task's own one,
+    or what went wrong on its worker."""
     try:
         return ray.get(ref)
     except RayTaskError as error:
@@ -167,7 +169,7 @@ def predict_all(paths: dict[str, Path], inputs: torch.Tensor, cluster: ClusterCo
     inputs_ref = ray.put(inputs.cpu())
     refs = {name: [task.remote(str(path), inputs_ref, start, stop, num_cpus, num_gpus) for start, stop in bounds]
             for name, path in paths.items()}
-    return {name: torch.cat([_result(ref, name, cluster.max_retries) for ref in shard_refs]).to(inputs.device)
+    return {name: torch.cat([task_result(ref, name, cluster.max_retries) for ref in shard_refs]).to(inputs.device)
             for name, shard_refs in refs.items()}
 
 

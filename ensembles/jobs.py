@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
 from distill.checkpoint import checksum_path, load_checkpoint, save_checkpoint
 from distill.config import LossWeights, ModelSpec, TrainConfig, to_dict
@@ -122,20 +123,26 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
     # A resumed job keeps the precision it started in, wherever it resumes: the rest of its epochs match.
     precision = resume_from.get("precision", "fp32") if resume_from else resolve_precision(job.train.precision, device)
     _log_event(run_dir, job.name, {"event": "resume" if done else "start", "epoch": done, "precision": precision})
+    # Epochs past `done` that an interrupted attempt logged are hidden: the resumed ones replace them.
+    curves = SummaryWriter(str(tensorboard_path(run_dir, job.name)), purge_step=done + 1)
 
     def record_epoch(epoch: int, record: EpochRecord) -> None:
         if data.evaluation is not None and _is_curve_point(epoch, job.train.epochs):
             x, y = data.evaluation
             record.test_accuracy = (predict_logits(model, x, precision=precision).argmax(1) == y).float().mean().item()
         _log_event(run_dir, job.name, {"event": "epoch", **to_plain(record)})
+        _write_curve(curves, record)
         if on_epoch is not None:
             on_epoch(job.name, epoch, record)
 
     def save_state(state: dict) -> None:
         atomic_torch_save(state_path, {**state, "inputs": job.inputs, "precision": precision})
 
-    history = train(model, data.inputs, data.labels, job.train, job.weights, data.targets, job.seed,
-                    on_epoch=record_epoch, on_state=save_state, resume_from=resume_from, precision=precision)
+    try:
+        history = train(model, data.inputs, data.labels, job.train, job.weights, data.targets, job.seed,
+                        on_epoch=record_epoch, on_state=save_state, resume_from=resume_from, precision=precision)
+    finally:
+        curves.close()
     seconds = sum(record.seconds for record in history)  # over all attempts, without curve evaluations
     checksum = save_checkpoint(final, model, to_dict(job.spec), num_classes=job.num_classes,
                                input_shape=job.input_shape, seed=job.seed, config=job.config,
@@ -192,6 +199,19 @@ def load_job_model(run_dir: str | Path, name: str, device: str | torch.device = 
 
 def _is_curve_point(epoch: int, epochs: int) -> bool:
     return epoch % max(1, epochs // CURVE_POINTS) == 0 or epoch == epochs
+
+
+def tensorboard_path(run_dir: str | Path, name: str) -> Path:
+    """Job `name`'s TensorBoard event files: `tensorboard --logdir` on a run or a study lays every model side by
+    side."""
+    return Path(run_dir) / "tensorboard" / name
+
+
+def _write_curve(curves: SummaryWriter, record: EpochRecord) -> None:
+    curves.add_scalar("train/loss", record.loss, record.epoch)
+    curves.add_scalar("train/seconds_per_epoch", record.seconds, record.epoch)
+    if record.test_accuracy is not None:
+        curves.add_scalar("test/accuracy", record.test_accuracy, record.epoch)
 
 
 def log_path(run_dir: str | Path, name: str) -> Path:

@@ -6,7 +6,7 @@ import yaml
 
 from distill.config import Eq5Solver, RunConfig, dump_config, load_config, to_dict
 from distill.errors import ConfigError
-from distillery.cli import DEMO_CONFIG
+from distillery import DEMO_CONFIG
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 

@@ -1,5 +1,7 @@
 """run_job without Ray: what it leaves in the run folder lets any restart reuse or resume the job."""
 
+import time
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from distill.errors import CheckpointError
 from distill.models import create_model
 from distill.precision import resolve_precision
 from distill.train import train
-from ensembles.jobs import JobData, TrainJob, checkpoint_path, run_job
+from ensembles.jobs import JobData, TrainJob, checkpoint_path, run_job, tensorboard_path
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +99,21 @@ def test_a_training_state_of_other_inputs_is_not_resumed(data, tmp_path):
     torch.save({**states[1], "inputs": "data-v0"}, tmp_path / "state" / "member_0.pt")
     result = run_job(_job(inputs="data-v1"), data, tmp_path)
     assert result.resumed_from_epoch == 0 and _events(tmp_path)[:2] == ["stale", "start"]
+
+
+def test_curves_go_to_tensorboard_and_a_retrained_job_replaces_what_an_attempt_logged(data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    earlier = SummaryWriter(str(tensorboard_path(tmp_path, "member_0")))  # an attempt that died before its state
+    for epoch in (1, 2, 3):
+        earlier.add_scalar("train/loss", 99.0, epoch)
+    earlier.close()
+    time.sleep(1.1)  # event files are read in the order of the second they were opened
+    result = run_job(_job(), data, tmp_path)
+    curves = EventAccumulator(str(tensorboard_path(tmp_path, "member_0")))
+    curves.Reload()
+    loss = [(event.step, event.value) for event in curves.Scalars("train/loss")]
+    assert loss == [(r.epoch, pytest.approx(r.loss)) for r in result.history]
+    assert [event.step for event in curves.Scalars("test/accuracy")] == [r.epoch for r in result.history
+                                                                        if r.test_accuracy is not None]

@@ -1,0 +1,172 @@
+"""Runs compared with their uncertainty: per setting, every model's metrics as mean ± sd over seeds, and the paired
+differences that decide whether a setting helps, each with two 95 % intervals (distill.intervals):
+
+- `over_seeds`: Student's t over the per-seed differences (another training run);
+- `over_test_examples`: a paired bootstrap over the test examples, the difference averaged over seeds (another test
+  set of the same size).
+
+Runs are grouped into settings by the config keys on which they differ, the seed and the `cluster` section aside.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from distill.errors import DistilleryError
+from distill.intervals import Interval, Spread, paired_bootstrap, seed_interval, spread
+from distill.outcomes import TestOutcomes, read_outcomes
+from distillery.metrics import RunMetrics, read_metrics
+from distillery.run_folder import CONFIG, METRICS, OUTCOMES, computed_settings
+
+DifferenceMetric = Literal["accuracy", "nll"]
+MEMBER_MEAN = "member mean"
+
+
+@dataclass
+class ModelSummary:
+    """One model over the seeds of a setting (agreement: students only)."""
+
+    accuracy: Spread
+    errors: Spread
+    nll: Spread
+    ece: Spread
+    agreement: Spread | None
+
+
+@dataclass
+class Difference:
+    """`model` minus `versus` in `metric` (accuracy as a fraction, NLL in nats), paired within each run."""
+
+    model: str
+    versus: str
+    metric: DifferenceMetric
+    mean: float
+    seeds: int
+    over_seeds: Interval | None  # None with one seed
+    over_test_examples: Interval | None  # None when a run lacks test_outcomes.npz or the runs' test sets differ
+
+
+@dataclass
+class SettingComparison:
+    settings: dict[str, Any]  # the keys on which the compared runs differ, and this setting's values
+    runs: list[str]
+    seeds: list[int]
+    models: dict[str, ModelSummary]
+    differences: list[Difference]
+
+
+@dataclass
+class Comparison:
+    settings: list[SettingComparison]
+
+
+@dataclass
+class ComparedRun:
+    folder: Path
+    settings: dict[str, Any]
+    seed: int
+    metrics: RunMetrics
+    outcomes: TestOutcomes | None
+
+
+def compare_runs(folders: list[Path], study_dir: Path) -> Comparison:
+    """Group the finished runs in `folders` by setting and compare them; runs are named by their folder relative to
+    `study_dir`, where the comparison is saved."""
+    runs = _read_runs(folders)
+    groups: dict[str, list[ComparedRun]] = {}
+    for run in runs:
+        groups.setdefault(repr(sorted(run.settings.items())), []).append(run)
+    return Comparison([_compare_setting(group, study_dir) for group in groups.values()])
+
+
+def setting_label(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in settings.items()) or "all runs"
+
+
+def _read_runs(folders: list[Path]) -> list[ComparedRun]:
+    configs, runs = [], []
+    for folder in folders:
+        if not (folder / METRICS).is_file() or not (folder / CONFIG).is_file():
+            raise DistilleryError(f"{folder} holds no finished run: {METRICS} or {CONFIG} is missing")
+        configs.append(_flat(computed_settings(yaml.safe_load((folder / CONFIG).read_text()))))
+    varying = [key for key in configs[0] if key != "seed" and any(c.get(key) != configs[0][key] for c in configs)]
+    varying += sorted({key for c in configs for key in c if key not in configs[0]})
+    for folder, config in zip(folders, configs):
+        outcomes = read_outcomes(folder / OUTCOMES) if (folder / OUTCOMES).is_file() else None
+        runs.append(ComparedRun(folder, {key: config.get(key) for key in varying}, config["seed"],
+                                read_metrics(folder / METRICS), outcomes))
+    return runs
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict) or not node:
+        return {prefix.rstrip("."): node}
+    return {key: value for name, child in node.items() for key, value in _flat(child, f"{prefix}{name}.").items()}
+
+
+def _compare_setting(runs: list[ComparedRun], study_dir: Path) -> SettingComparison:
+    names = [name for name in runs[0].metrics.models if all(name in run.metrics.models for run in runs)]
+    models = {name: _summary([run.metrics.models[name] for run in runs]) for name in names}
+    differences = [_difference(runs, model, versus, metric)
+                   for model, versus in _pairs(runs[0].metrics, names) for metric in ("accuracy", "nll")]
+    return SettingComparison(runs[0].settings, [os.path.relpath(run.folder, study_dir) for run in runs],
+                             [run.seed for run in runs],
+                             models, differences)
+
+
+def _summary(metrics: list) -> ModelSummary:
+    agreement = [m.agreement for m in metrics]
+    return ModelSummary(spread([m.accuracy for m in metrics]), spread([m.errors for m in metrics]),
+                        spread([m.nll for m in metrics]), spread([m.ece for m in metrics]),
+                        spread(agreement) if None not in agreement else None)
+
+
+def _pairs(metrics: RunMetrics, names: list[str]) -> list[tuple[str, str]]:
+    """The differences that say whether the teachers and the student earn their cost: the ensemble against its
+    average member, the specialists against their generalist, the student against its hard-label twin and
+    against the teacher it learnt from."""
+    teacher = metrics.teacher
+    pairs = []
+    if teacher.combine is not None:
+        pairs.append(("ensemble", MEMBER_MEAN))
+    if teacher.specialists is not None:
+        pairs.append(("specialists", next(iter(teacher.members))))
+    if "baseline" in names:
+        pairs.append(("student", "baseline"))
+    pairs.append(("student", teacher.reference))
+    return [(model, versus) for model, versus in pairs if model in names and versus in [*names, MEMBER_MEAN]]
+
+
+def _difference(runs: list[ComparedRun], model: str, versus: str, metric: DifferenceMetric) -> Difference:
+    per_run = [_value(run.metrics, model, metric) - _value(run.metrics, versus, metric) for run in runs]
+    test_interval = None
+    outcomes = [run.outcomes for run in runs]
+    if all(o is not None and np.array_equal(o.labels, outcomes[0].labels) for o in outcomes):
+        per_example = np.mean([_scores(run.outcomes, _models(run.metrics, model), metric) -
+                               _scores(run.outcomes, _models(run.metrics, versus), metric) for run in runs], axis=0)
+        test_interval = paired_bootstrap(per_example)
+    return Difference(model, versus, metric, float(np.mean(per_run)), len(runs), seed_interval(per_run),
+                      test_interval)
+
+
+def _models(metrics: RunMetrics, name: str) -> list[str]:
+    """The models whose mean stands for `name`: the ensemble's members for MEMBER_MEAN, else the model itself."""
+    return list(metrics.teacher.members) if name == MEMBER_MEAN else [name]
+
+
+def _value(metrics: RunMetrics, name: str, metric: DifferenceMetric) -> float:
+    return float(np.mean([getattr(metrics.models[model], metric) for model in _models(metrics, name)]))
+
+
+def _scores(outcomes: TestOutcomes, models: list[str], metric: DifferenceMetric) -> np.ndarray:
+    """Per test example, averaged over `models`: 1/0 for right/wrong (accuracy) or the negative log-likelihood of
+    the true class (nll)."""
+    scores = [outcomes.models[name].correct(outcomes.labels) if metric == "accuracy"
+              else -outcomes.models[name].log_prob_true.astype(np.float64) for name in models]
+    return np.mean(scores, axis=0)

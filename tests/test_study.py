@@ -1,0 +1,165 @@
+"""Studies: `distillery sweep` and `distillery compare`, and the intervals they report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import job_events, run_metrics, set_args
+from distill.errors import ConfigError
+from distill.intervals import paired_bootstrap, seed_interval, spread
+from distillery.cli import main
+from distillery.study import STUDY, StudyDefinition, parse_grid, parse_seeds, read_study, study_points
+
+TINY = ["data.name=synthetic", "data.options={classes: 12, groups: 3, dim: 16, train_per_class: 30, test_per_class: 10}",
+        "teacher.model.kwargs={hidden: [32]}", "teacher.train.epochs=3", "student.model.kwargs={hidden: [16]}",
+        "student.train.epochs=3", "ensemble.size=2"]
+
+
+def test_seeds_are_a_count_or_a_list():
+    assert parse_seeds("3") == [0, 1, 2]
+    assert parse_seeds("0,5,7") == [0, 5, 7] == parse_seeds("[0, 5, 7]")
+    for bad in ("0", "-1", "x", "1,1", "[]", "1.5"):
+        with pytest.raises(ConfigError):
+            parse_seeds(bad)
+
+
+def test_a_grid_is_keys_with_non_empty_lists():
+    assert parse_grid(["student.loss.temperature=[2, 4]", "a.b=[x]"]) == {"student.loss.temperature": [2, 4],
+                                                                         "a.b": ["x"]}
+    for bad in (["t=[]"], ["t=4"], ["=[1]"], ["t=[1]", "t=[2]"], ["seed=[1, 2]"]):
+        with pytest.raises(ConfigError):
+            parse_grid(bad)
+
+
+def test_every_grid_point_times_every_seed_is_one_run_folder_named_by_its_settings():
+    definition = StudyDefinition(None, ["teacher.train.epochs=2"], {"student.loss.temperature": [2, 4.5],
+                                                                   "student.model.kwargs": [{"hidden": [8, 8]}]},
+                                 [0, 7])
+    points = study_points(definition)
+    assert [p.run.folder for p in points] == [f"student.loss.temperature={t}/student.model.kwargs={{hidden:[8,8]}}/seed={s}"
+                                              for t in (2, 4.5) for s in (0, 7)]
+    assert [(p.config.student.loss.temperature, p.config.seed) for p in points] == [(2, 0), (2, 7), (4.5, 0),
+                                                                                    (4.5, 7)]
+    assert all(p.config.teacher.train.epochs == 2 and p.config.student.model.kwargs == {"hidden": [8, 8]}
+               for p in points)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "--seeds 0 names no seed"),
+    (["--seeds", "2", "--grid", "student.loss.temprature=[2, 4]"], "unknown config key 'student.loss.temprature'"),
+    (["--seeds", "2", "--grid", "student.loss.temperature=[]"], "the list of values is empty"),
+    (["--seeds", "2", "--grid", "student.loss.temperature=[2, -1]"], "temperature"),
+    (["--resume"], "holds none"),
+])
+def test_a_bad_study_ends_in_one_line_before_anything_is_written(tmp_path, capsys, args, message):
+    out = tmp_path / "study"
+    assert main(["sweep", "--out", str(out), *args]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not out.exists()
+
+
+def test_the_t_interval_over_seeds_matches_the_textbook():
+    interval = seed_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2 df) = 4.3027
+    assert interval.low == pytest.approx(2 - 4.3027 / 3 ** 0.5, abs=1e-4)
+    assert interval.high == pytest.approx(2 + 4.3027 / 3 ** 0.5, abs=1e-4)
+    assert seed_interval([5.0]) is None and spread([5.0]).sd is None
+
+
+def test_the_paired_bootstrap_finds_the_normal_interval_of_a_known_difference():
+    # Model A right and B wrong on 300 of 4000 examples, the reverse on 100: the difference of accuracies is 0.05
+    # with standard error sqrt((0.1 - 0.05^2) / 4000); the 95 % interval is about 0.05 +- 1.96 of that.
+    differences = np.zeros(4000)
+    differences[:300], differences[300:400] = 1.0, -1.0
+    interval = paired_bootstrap(differences, samples=4000)
+    half = 1.96 * np.sqrt((0.1 - 0.05 ** 2) / 4000)
+    assert interval.low == pytest.approx(0.05 - half, abs=0.001)
+    assert interval.high == pytest.approx(0.05 + half, abs=0.001)
+    assert interval.excludes_zero
+    same = paired_bootstrap(np.zeros(500))
+    assert (same.low, same.high, same.excludes_zero) == (0.0, 0.0, False)
+
+
+def _tiny_sweep(out, *extra):
+    return ["sweep", "--seeds", "2", "--grid", "student.loss.temperature=[2, 4]", *set_args(TINY), "--out", str(out),
+            *extra]
+
+
+@pytest.mark.slow
+def test_a_tiny_sweep_makes_four_runs_and_compares_them_with_intervals(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(_tiny_sweep(out)) == 0
+    assert f"study: {out / 'study.md'}" in capsys.readouterr().out
+    study = read_study(out)
+    folders = [f"student.loss.temperature={t}/seed={s}" for t in (2, 4) for s in (0, 1)]
+    assert [(run.folder, run.status) for run in study.runs] == [(f, "finished") for f in folders]
+    for folder in folders:
+        assert run_metrics(out / folder).run.executor == "local"  # each run trained in its own task
+        assert list((out / folder / "tensorboard").iterdir())
+    settings = study.comparison.settings
+    assert [s.settings for s in settings] == [{"student.loss.temperature": 2}, {"student.loss.temperature": 4}]
+    first = settings[0]
+    accuracies = [run_metrics(out / folder).models["student"].accuracy for folder in folders[:2]]
+    assert first.models["student"].accuracy.mean == pytest.approx(np.mean(accuracies))
+    assert first.models["student"].accuracy.sd == pytest.approx(np.std(accuracies, ddof=1))
+    pairs = [(d.model, d.versus, d.metric) for d in first.differences]
+    assert pairs == [(m, v, metric) for m, v in [("ensemble", "member mean"), ("student", "baseline"),
+                                                 ("student", "ensemble")] for metric in ("accuracy", "nll")]
+    for difference in first.differences:
+        assert difference.over_seeds is not None and difference.over_test_examples is not None
+        assert difference.over_test_examples.low <= difference.mean <= difference.over_test_examples.high
+    report = (out / "study.md").read_text()
+    assert "## student.loss.temperature=4" in report and "student − baseline" in report and " ± " in report
+    assert (out / "figures" / "study_accuracy.png").is_file()
+    # The same runs compared by hand, from their folders, give the same numbers.
+    assert main(["compare", *(str(out / f) for f in folders), "--out", str(tmp_path / "by_hand")]) == 0
+    by_hand = read_study(tmp_path / "by_hand")
+    assert by_hand.definition is None and by_hand.comparison.settings[1].models == settings[1].models
+
+
+@pytest.mark.slow
+def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["sweep", "--seeds", "1", "--grid", "teacher.train.lr=[0.1, 1e30]", *set_args(TINY),
+                 "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    study = read_study(out)
+    assert [run.status for run in study.runs] == ["finished", "failed"]
+    assert "loss" in study.runs[1].error and f"failed: {study.runs[1].folder}" in printed
+    assert "Runs not in the comparison" in (out / "study.md").read_text()
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed_keeps_finished_runs_and_finishes_the_others(tmp_path):
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "distillery", *_tiny_sweep(out, "--set", "student.train.epochs=30")]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            if (out / STUDY).is_file() and any(r.status == "finished" for r in read_study(out).runs):
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the study ended before it could be killed: make its runs longer"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    killed = read_study(out)
+    finished = [run.folder for run in killed.runs if run.status == "finished"]
+    assert finished and len(finished) < 4
+    before = {folder: (out / folder / "metrics.json").stat().st_mtime_ns for folder in finished}
+    resumed = subprocess.run([sys.executable, "-m", "distillery", "sweep", "--resume", "--out", str(out)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    study = read_study(out)
+    assert [run.status for run in study.runs] == ["finished"] * 4
+    for folder in finished:  # not run again: its files and its models' logs are as the killed driver left them
+        assert (out / folder / "metrics.json").stat().st_mtime_ns == before[folder]
+        assert [e["event"] for e in job_events(out / folder, "student")].count("start") == 1
+    assert json.loads((out / STUDY).read_text())["comparison"] is not None
