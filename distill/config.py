@@ -6,7 +6,9 @@ rejecting unknown keys, wrong types and impossible values with a ConfigError nam
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -267,6 +269,7 @@ class RunConfig:
     specialists: SpecialistsConfig = field(default_factory=SpecialistsConfig)
 
     def validate(self) -> None:
+        _check_finite(self, "")
         _require(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
         self.teacher.train.validate("teacher.train")
         self.student.train.validate("student.train")
@@ -287,6 +290,22 @@ def check_arguments(function: Any, given: dict[str, Any], fixed: set[str], what:
     unknown = sorted(set(given) - accepted)
     if unknown:
         raise ConfigError(f"unknown {what} '{unknown[0]}' {where} (known: {', '.join(sorted(accepted)) or 'none'})")
+
+
+def _check_finite(node: Any, key: str) -> None:
+    """No value of a config means anything as infinity or NaN, and each would only show as a NaN loss or a
+    silently wrong model later: refuse them wherever they are, naming the key."""
+    if dataclasses.is_dataclass(node):
+        for item in dataclasses.fields(node):
+            _check_finite(getattr(node, item.name), f"{key}.{item.name}" if key else item.name)
+    elif isinstance(node, dict):
+        for name, value in node.items():
+            _check_finite(value, f"{key}.{name}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _check_finite(value, f"{key}[{index}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key} must be a finite number, got {node}")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -338,11 +357,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"config path is a directory, not a YAML file: {path}") from None
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -352,6 +373,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return loaded
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last value silently, and an
+    experiment then runs with a setting its author did not see."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key '{key}' is given twice in one section (line {key_node.start_mark.line + 1})"
+                                  ": keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:

@@ -32,14 +32,16 @@ class Spread:
 
 @dataclass
 class Interval:
-    """A 95 % interval; `excludes_zero` says whether it tells the difference from no difference."""
+    """A 95 % interval; `excludes_zero`: whether it tells the difference from no difference (saved with it, so
+    study.json says so too)."""
 
     low: float
     high: float
+    excludes_zero: bool
 
-    @property
-    def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
+
+def interval(low: float, high: float) -> Interval:
+    return Interval(float(low), float(high), bool(low > 0 or high < 0))
 
 
 def spread(values: list[float]) -> Spread:
@@ -54,7 +56,7 @@ def seed_interval(values: list[float], level: float = LEVEL) -> Interval | None:
     if summary.n < 2:
         return None
     half = stats.t.ppf(0.5 + level / 2, df=summary.n - 1) * summary.sd / math.sqrt(summary.n)
-    return Interval(summary.mean - half, summary.mean + half)
+    return interval(summary.mean - half, summary.mean + half)
 
 
 def paired_bootstrap(differences: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, level: float = LEVEL,
@@ -71,4 +73,4 @@ def paired_bootstrap(differences: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, 
                                                                                 len(differences)))].mean(axis=1)
                             for start in range(0, samples, chunk)])
     low, high = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
-    return Interval(float(low), float(high))
+    return interval(low, high)

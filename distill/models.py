@@ -79,12 +79,11 @@ class MLP(nn.Module):
     def __init__(self, num_classes: int, input_shape: tuple[int, ...], hidden: list[int] = (800, 800),
                  dropout_input: float = 0.0, dropout_hidden: float = 0.0, max_norm: float | None = None):
         super().__init__()
-        for rate in (dropout_input, dropout_hidden):
-            if not 0 <= rate < 1:
-                raise ConfigError(f"model dropout must be in [0, 1), got {rate}")
-        if max_norm is not None and max_norm <= 0:
-            raise ConfigError(f"model max_norm must be > 0, got {max_norm}")
-        widths = [math.prod(input_shape), *list(hidden)]
+        for name, rate in (("dropout_input", dropout_input), ("dropout_hidden", dropout_hidden)):
+            _check_rate(name, rate)
+        if max_norm is not None and not (_is_number(max_norm) and 0 < max_norm < math.inf):
+            raise ConfigError(f"max_norm must be a number > 0, got {max_norm!r}")
+        widths = [math.prod(input_shape), *_sizes("hidden", hidden)]
         layers: list[nn.Module] = [nn.Flatten()]
         if dropout_input:
             layers.append(BitDropout(dropout_input))
@@ -114,12 +113,33 @@ def small_cnn(num_classes: int, input_shape: tuple[int, ...], channels: list[int
     """Two conv-conv-pool blocks and a linear head, for 28 x 28 (or any small) single-channel images."""
     if len(input_shape) != 3:
         raise ConfigError(f"model 'cnn' needs image inputs (C x H x W), got input shape {input_shape}")
+    (hidden,) = _sizes("hidden", [hidden])
+    _check_rate("dropout", dropout)
     layers: list[nn.Module] = []
     in_channels = input_shape[0]
-    for out_channels in channels:
+    for out_channels in _sizes("channels", channels):
         layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True),
                    nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         in_channels = out_channels
     layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(in_channels * 4, hidden), nn.ReLU(inplace=True),
                nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
     return nn.Sequential(*layers)
+
+
+def _sizes(name: str, values) -> list[int]:
+    """Layer widths or channel counts: whole numbers >= 1. A zero-width layer builds and trains, to chance level,
+    without any error: it has to be refused here."""
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                        for v in values):
+        raise ConfigError(f"{name} must be " + ("whole numbers >= 1" if isinstance(values, (list, tuple)) else
+                                               "a list of whole numbers >= 1") + f", got {values!r}")
+    return list(values)
+
+
+def _check_rate(name: str, rate) -> None:
+    if not (_is_number(rate) and 0 <= rate < 1):
+        raise ConfigError(f"{name} must be a number in [0, 1), got {rate!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -63,6 +65,7 @@ def command_run(args: argparse.Namespace) -> int:
     config = load_config(args.config or DEMO_CONFIG, args.overrides)
     data_root = resolve_data_root(args.data_root)
     out_dir = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    args.out = str(out_dir)  # so that an interrupted run can say how to continue it
     if out_dir.exists() and not out_dir.is_dir():
         raise DistilleryError(f"--out {out_dir} is a file, not a folder")
     metrics = run(config, out_dir, data_root, args.download, progress=sys.stderr.isatty(), address=args.address,
@@ -145,7 +148,28 @@ def main(argv: list[str] | None = None) -> int:
     except DistilleryError as error:
         print(f"distillery: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # the machine's, not the input's: a full disk, a folder that went away
+        print(f"distillery: error: {error.filename or 'a file'}: {_os_problem(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("distillery: interrupted", file=sys.stderr)
+        print("distillery: interrupted" + _resume_hint(args, argv), file=sys.stderr)
         return 130
 
+
+
+def _os_problem(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return "no space left on the device: free some, then continue with the same command and --resume"
+    return error.strerror or str(error)
+
+
+def _resume_hint(args: argparse.Namespace, argv: list[str] | None) -> str:
+    """How to continue an interrupted run or study: its own command line, with --out and --resume."""
+    if args.command not in ("run", "sweep") or args.out is None:
+        return ""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not any(word == "--out" or word.startswith("--out=") for word in words):
+        words += ["--out", args.out]
+    if "--resume" not in words:
+        words.append("--resume")
+    return "; continue with: distillery " + shlex.join(words)

@@ -53,12 +53,23 @@ class Difference:
 
 
 @dataclass
+class GainKept:
+    """The share of a combination's accuracy gain that the student keeps, per run: (student - base) /
+    (combination - base), for an ensemble over its member mean, or specialists over their generalist."""
+
+    combination: str
+    base: str
+    share: Spread
+
+
+@dataclass
 class SettingComparison:
     settings: dict[str, Any]  # the keys on which the compared runs differ, and this setting's values
     runs: list[str]
     seeds: list[int]
     models: dict[str, ModelSummary]
     differences: list[Difference]
+    gain_kept: GainKept | None = None
 
 
 @dataclass
@@ -113,11 +124,10 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 def _compare_setting(runs: list[ComparedRun], study_dir: Path) -> SettingComparison:
     names = [name for name in runs[0].metrics.models if all(name in run.metrics.models for run in runs)]
     models = {name: _summary([run.metrics.models[name] for run in runs]) for name in names}
-    differences = [_difference(runs, model, versus, metric)
-                   for model, versus in _pairs(runs[0].metrics, names) for metric in ("accuracy", "nll")]
+    pairs = _pairs(runs[0].metrics, names)
+    differences = [_difference(runs, model, versus, metric) for model, versus in pairs for metric in ("accuracy", "nll")]
     return SettingComparison(runs[0].settings, [os.path.relpath(run.folder, study_dir) for run in runs],
-                             [run.seed for run in runs],
-                             models, differences)
+                             [run.seed for run in runs], models, differences, _gain_kept(runs, pairs))
 
 
 def _summary(metrics: list) -> ModelSummary:
@@ -134,13 +144,29 @@ def _pairs(metrics: RunMetrics, names: list[str]) -> list[tuple[str, str]]:
     teacher = metrics.teacher
     pairs = []
     if teacher.combine is not None:
-        pairs.append(("ensemble", MEMBER_MEAN))
+        pairs += [("ensemble", MEMBER_MEAN), ("student", MEMBER_MEAN)]
     if teacher.specialists is not None:
-        pairs.append(("specialists", next(iter(teacher.members))))
+        generalist = next(iter(teacher.members))
+        pairs += [("specialists", generalist), ("student", generalist)]
     if "baseline" in names:
         pairs.append(("student", "baseline"))
     pairs.append(("student", teacher.reference))
     return [(model, versus) for model, versus in pairs if model in names and versus in [*names, MEMBER_MEAN]]
+
+
+def _gain_kept(runs: list[ComparedRun], pairs: list[tuple[str, str]]) -> GainKept | None:
+    """Defined when the first pair is a combination over its base (ensemble, specialists) and the student was
+    compared with the same base; a run whose combination gained nothing has no share and is left out (n says)."""
+    (combination, base), *_ = pairs
+    if combination == "student" or ("student", base) not in pairs:
+        return None
+    shares = []
+    for run in runs:
+        base_accuracy = _value(run.metrics, base, "accuracy")
+        gain = _value(run.metrics, combination, "accuracy") - base_accuracy
+        if gain != 0:
+            shares.append((_value(run.metrics, "student", "accuracy") - base_accuracy) / gain)
+    return GainKept(combination, base, spread(shares)) if shares else None
 
 
 def _difference(runs: list[ComparedRun], model: str, versus: str, metric: DifferenceMetric) -> Difference:

@@ -95,8 +95,13 @@ def _check_against_data(config: RunConfig, data: Dataset) -> None:
     for cls in config.bias.fixed:
         if not 0 <= cls < data.num_classes:
             raise ConfigError(f"bias.fixed names class {cls}, but {data.name} has classes 0..{data.num_classes - 1}")
-    for spec in (config.teacher.model, *config.ensemble.models, config.student.model):
-        create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs)
+    specs = {"teacher.model": config.teacher.model, "student.model": config.student.model,
+             **{f"ensemble.models[{i}]": spec for i, spec in enumerate(config.ensemble.models)}}
+    for key, spec in specs.items():
+        try:
+            create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs)
+        except ConfigError as error:
+            raise ConfigError(f"{key}: {error}") from None
     specialists, classes = config.specialists, data.num_classes
     if specialists.count:
         clustering = specialists.clustering

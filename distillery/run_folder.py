@@ -25,8 +25,16 @@ def prepare_run_folder(out_dir: Path, config: RunConfig, resume: bool) -> None:
     if saved.is_file() and (difference := _first_difference(saved, config)):
         raise ConfigError(f"--resume: {out_dir} holds a run of a different config ({difference})"
                           "; rerun with its config.yaml or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     atomic_write_text(saved, dump_config(config))
+
+
+def make_folder(path: Path) -> None:
+    """Create the --out folder `path`, or fail in one line: a folder that cannot be made is a usage error."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--out {path}: cannot create the folder ({error.strerror})") from None
 
 
 def computed_settings(config: RunConfig | dict) -> dict:

@@ -51,6 +51,12 @@ def _setting_section(setting: SettingComparison) -> list[str]:
                      f"{_spread(model.agreement, 100, 2) if model.agreement else ''} |")
     lines += ["", "| difference | metric | mean | 95 % over seeds | 95 % over test examples |", "|---|---|---|---|---|"]
     lines += [_difference_row(difference) for difference in setting.differences]
+    if setting.gain_kept is not None:
+        kept = setting.gain_kept
+        lines += ["", f"Share of the {kept.combination}'s accuracy gain over the {kept.base} that the student keeps, "
+                      f"(student − {kept.base}) / ({kept.combination} − {kept.base}) per run: "
+                      f"{_spread(kept.share, 100, 0)} % (n = {kept.share.n}; a ratio of two noisy differences: read "
+                      "it with the intervals above)."]
     return lines + [""]
 
 

@@ -22,7 +22,7 @@ from distill.config import RunConfig
 from distill.errors import ConfigError, DistilleryError
 from distillery.comparison import compare_runs
 from distillery.pipeline import run
-from distillery.run_folder import METRICS
+from distillery.run_folder import METRICS, make_folder
 from distillery.study import (STUDY, STUDY_VERSION, Study, StudyDefinition, StudyPoint, StudyRun, read_study,
                               study_points, write_study)
 from distillery.study_report import write_study_report
@@ -64,8 +64,9 @@ def _open_study(study_dir: Path, definition: StudyDefinition, points: list[Study
         for run, old in zip(study.runs, saved.runs):
             if old.status == "finished" and (study_dir / old.folder / METRICS).is_file():
                 run.status, run.seconds = old.status, old.seconds
-    elif study_dir.exists() and any(study_dir.iterdir()):
+    elif study_dir.is_dir() and any(study_dir.iterdir()):
         raise ConfigError(f"{study_dir} is not empty and holds no study: choose another --out")
+    make_folder(study_dir)
     write_study(study_dir, study)
     return study
 

@@ -149,11 +149,20 @@ def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsy
     (["--set", "teacher.checkpoint={tmp}/other.pt"], "is for 12 classes of shape (16,), but digits has 10 classes"),
     (["{tmp}/broken.yaml"], "is not valid YAML"),
     (["{tmp}/a_list.yaml"], "must hold a mapping at the top level"),
+    (["{tmp}/duplicate.yaml"], "key 'seed' is given twice in one section (line 3): keep one"),
+    (["--set", "teacher.model.kwargs.hidden=[0]"], "teacher.model: hidden must be whole numbers >= 1, got [0]"),
+    (["--set", "student.model.kwargs={channels: [8, 0]}", "--set", "student.model.name=cnn",
+      "--set", "data.name=mnist", "--data-root", "{shared}"], "student.model: channels must be whole numbers >= 1"),
+    (["--set", "student.model.kwargs.dropout_hidden=yes"], "dropout_hidden must be a number in [0, 1), got True"),
+    (["--set", "student.loss.temperature=.inf"], "student.loss.temperature must be a finite number, got inf"),
+    (["--set", "bias.fixed={3: .nan}"], "bias.fixed.3 must be a finite number, got nan"),
+    (["--set", "teacher.model.kwargs.max_norm=-.inf"], "teacher.model.kwargs.max_norm must be a finite number"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, data_root, args, message):
     _make_bad_files(tmp_path)
     out = tmp_path / "out"
-    assert main(["run", "--out", str(out), *[a.replace("{tmp}", str(tmp_path)) for a in args]]) == 2
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{shared}", str(data_root)) for a in args]
+    assert main(["run", "--out", str(out), *args]) == 2
     _assert_one_line(capsys.readouterr().err, message)
     assert not out.exists()  # refused before anything was written
 
@@ -188,6 +197,7 @@ def _make_bad_files(tmp_path):
     from distill.models import create_model
 
     (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "duplicate.yaml").write_text("seed: 0\nstudent: {train: {epochs: 3}}\nseed: 1\n")
     raw = tmp_path / "truncated" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -227,3 +237,22 @@ def test_a_lone_teacher_trains_in_the_driver_without_starting_ray(tmp_path):
     assert main(["run", "--out", str(out), *set_args(lone)]) == 0
     assert run_metrics(out).run.executor == "local"
     assert {e["node"] for e in job_events(out, "teacher")} == {None}  # a job on Ray records its node
+
+
+def test_an_out_folder_that_cannot_be_created_is_one_line(capsys):
+    assert main(["run", "--out", "/proc/distillery-cannot-be-here/run"]) == 2
+    _assert_one_line(capsys.readouterr().err, "--out /proc/distillery-cannot-be-here/run: cannot create the folder")
+
+
+def test_an_interrupted_run_says_how_to_continue_it(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("distillery.pipeline.run", interrupted)
+    out = tmp_path / "run folder"
+    assert main(["run", "--set", "seed=1", "--out", str(out)]) == 130
+    assert capsys.readouterr().err == (f"distillery: interrupted; continue with: distillery run --set seed=1 "
+                                       f"--out '{out}' --resume\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run"]) == 130  # the run folder it chose itself goes into the command
+    assert "--out runs/" in capsys.readouterr().err

@@ -109,8 +109,14 @@ def test_a_tiny_sweep_makes_four_runs_and_compares_them_with_intervals(tmp_path,
     assert first.models["student"].accuracy.mean == pytest.approx(np.mean(accuracies))
     assert first.models["student"].accuracy.sd == pytest.approx(np.std(accuracies, ddof=1))
     pairs = [(d.model, d.versus, d.metric) for d in first.differences]
-    assert pairs == [(m, v, metric) for m, v in [("ensemble", "member mean"), ("student", "baseline"),
-                                                 ("student", "ensemble")] for metric in ("accuracy", "nll")]
+    assert pairs == [(m, v, metric) for m, v in [("ensemble", "member mean"), ("student", "member mean"),
+                                                 ("student", "baseline"), ("student", "ensemble")]
+                     for metric in ("accuracy", "nll")]
+    student, ensemble, members = ([run_metrics(out / folder).models[name].accuracy for folder in folders[:2]]
+                                  for name in ("student", "ensemble", "member_0"))
+    members_1 = [run_metrics(out / folder).models["member_1"].accuracy for folder in folders[:2]]
+    shares = [(s - (m0 + m1) / 2) / (e - (m0 + m1) / 2) for s, e, m0, m1 in zip(student, ensemble, members, members_1)]
+    assert first.gain_kept.share.mean == pytest.approx(np.mean(shares))
     for difference in first.differences:
         assert difference.over_seeds is not None and difference.over_test_examples is not None
         assert difference.over_test_examples.low <= difference.mean <= difference.over_test_examples.high
@@ -163,3 +169,14 @@ def test_resume_after_the_driver_is_killed_keeps_finished_runs_and_finishes_the_
         assert (out / folder / "metrics.json").stat().st_mtime_ns == before[folder]
         assert [e["event"] for e in job_events(out / folder, "student")].count("start") == 1
     assert json.loads((out / STUDY).read_text())["comparison"] is not None
+
+
+def test_compare_refuses_what_it_cannot_compare_in_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(tmp_path / "empty")]) == 2
+    assert "neither a study" in capsys.readouterr().err
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "metrics.json").write_text("{}")
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert "pass --out" in capsys.readouterr().err
