@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from distill.errors import ConfigError
-from distill.records import from_plain, to_plain
+from distill.records import check_value, from_plain, to_plain
 
 # The allowed values of each choice, defined once: validation reads them from the field types, and the modules that
 # act on a choice take the same alias (`typing.get_args(Schedule)` lists the values).
@@ -28,6 +29,8 @@ AffinitySource = Literal["covariance", "confusion"]  # what the specialists' cla
 KMeansAlgorithm = Literal["kmeans", "online"]
 Eq5Solver = Literal["em", "gradient"]
 Precision = Literal["auto", "fp32", "bf16"]  # of a model's matrix products (distill/precision.py)
+
+MAX_LOGIT_SHIFT = 1000.0
 
 
 @dataclass
@@ -189,6 +192,12 @@ class BiasConfig:
     fixed: dict[int, float] = field(default_factory=dict)
     auto: bool = True
 
+    def validate(self) -> None:
+        # Logits live within tens of units; a shift of thousands already decides every prediction on its own, and
+        # a huge one overflows softmax into NaN at evaluation, after all the training.
+        for cls, shift in self.fixed.items():
+            _require(abs(shift) <= MAX_LOGIT_SHIFT, f"bias.fixed.{cls} must be within +-{MAX_LOGIT_SHIFT:g}, got {shift}")
+
 
 @dataclass
 class ClusteringConfig:
@@ -275,6 +284,7 @@ class RunConfig:
         self.student.train.validate("student.train")
         self.student.loss.validate("student.loss")
         self.transfer.validate()
+        self.bias.validate()
         self.ensemble.validate()
         self.cluster.validate()
         self.specialists.validate()
@@ -285,11 +295,16 @@ class RunConfig:
 
 
 def check_arguments(function: Any, given: dict[str, Any], fixed: set[str], what: str, where: str) -> None:
-    """Reject keys of `given` that `function` does not take (besides the `fixed` ones Distillery passes itself)."""
+    """Reject keys of `given` that `function` (or class) does not take, besides the `fixed` ones Distillery passes
+    itself, and values that do not fit the types it annotates: a model's or a data set's arguments come from the
+    config as free-form mappings, so they are checked against the function that takes them."""
     accepted = set(inspect.signature(function).parameters) - fixed
-    unknown = sorted(set(given) - accepted)
+    unknown = sorted(set(given) - accepted, key=str)
     if unknown:
         raise ConfigError(f"unknown {what} '{unknown[0]}' {where} (known: {', '.join(sorted(accepted)) or 'none'})")
+    hints = typing.get_type_hints(function.__init__ if isinstance(function, type) else function)
+    for name, value in given.items():
+        check_value(hints.get(name, Any), value, name, label=f"{what}", error=ConfigError)
 
 
 def _check_finite(node: Any, key: str) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from distill.config import check_arguments
 from distill.errors import ConfigError, DataError
+from distill.memory import check_fits
 from distill.storage import atomic_torch_save, cache_home, fingerprint, sha256_tensor
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,9 @@ def load_synthetic(root: Path, download: bool = False, classes: int = 100, group
         raise ConfigError(f"synthetic data needs classes >= 2 and 1 <= groups <= classes, got {classes}, {groups}")
     if dim < 1 or train_per_class < 1 or test_per_class < 1:
         raise ConfigError("synthetic data needs dim, train_per_class and test_per_class >= 1")
+    examples = classes * (train_per_class + test_per_class)
+    check_fits(examples * (dim * 4 + 8), f"data.options: synthetic data of classes={classes:,} x (train_per_class="
+                                         f"{train_per_class:,} + test_per_class={test_per_class:,}) x dim={dim:,}")
     generator = torch.Generator().manual_seed(seed)
     group_of_class = torch.arange(classes) % groups
     group_centres = torch.randn(groups, dim, generator=generator) * group_spread / dim**0.5
@@ -259,9 +263,10 @@ class TransferSet:
 def make_transfer_set(labels: torch.Tensor, num_classes: int, fraction: float = 1.0, omit_classes=(),
                       keep_classes=None, seed: int = 0) -> TransferSet:
     """A random `fraction` of the training set, then without `omit_classes` or with only `keep_classes`."""
-    for c in [*omit_classes, *(keep_classes or [])]:
-        if not 0 <= c < num_classes:
-            raise ConfigError(f"transfer class filter names class {c}, but the data set has classes 0..{num_classes - 1}")
+    for key, classes in (("omit_classes", omit_classes), ("keep_classes", keep_classes or [])):
+        for c in classes:
+            if not 0 <= c < num_classes:
+                raise ConfigError(f"transfer.{key} names class {c}, but the data set has classes 0..{num_classes - 1}")
     labels = labels.cpu()  # indices stay on the CPU; they index device tensors just as well
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(labels), generator=generator)[: max(1, round(fraction * len(labels)))]
@@ -273,7 +278,8 @@ def make_transfer_set(labels: torch.Tensor, num_classes: int, fraction: float = 
     allowed[list(omit_classes)] = False
     indices = indices[allowed[labels[indices]]]
     if len(indices) == 0:
-        raise ConfigError("the transfer set is empty after applying fraction and class filters")
+        raise ConfigError(f"the transfer set is empty: transfer.fraction={fraction}, transfer.omit_classes="
+                          f"{list(omit_classes)} and transfer.keep_classes={keep_classes} leave no training example")
     present = torch.zeros(num_classes, dtype=torch.bool)
     present[labels[indices]] = True
     return TransferSet(indices, [c for c in range(num_classes) if not present[c]])

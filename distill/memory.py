@@ -1,4 +1,5 @@
-"""Keep freed heap memory in the training process instead of handing it back to the operating system.
+"""Memory: how much this machine has (to refuse, in one line, a model or data set that cannot fit), and keeping
+freed heap memory in the training process instead of handing it back to the operating system.
 
 A CPU training step allocates and frees the same few megabytes every batch (activations, gradients: 5 MB for
 the 800-800 student). glibc's malloc returns such blocks to the kernel (mmap for large blocks, trimming the top
@@ -12,6 +13,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+
+from distill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +24,15 @@ MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its adaptive threshold on 6
 TRIM_THRESHOLD = 256 << 20  # at most this much freed memory is kept at the top of the heap
 
 _retained = False
+
+
+def check_fits(needed_bytes: int, what: str) -> None:
+    """Refuse `what` when it needs more than this machine's physical memory: it would fail in the allocator, with a
+    stack trace, or page for hours."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed_bytes > total:
+        raise ConfigError(f"{what} needs about {needed_bytes / 2**30:,.1f} GiB, more than this machine's "
+                          f"{total / 2**30:,.1f} GiB")
 
 
 def retain_freed_memory() -> bool:

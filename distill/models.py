@@ -28,9 +28,9 @@ def model_names() -> list[str]:
 def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
     """Build a registered architecture; unknown names and keyword arguments are config errors."""
     if name not in _MODELS:
-        raise ConfigError(f"unknown model '{name}' (known: {', '.join(model_names())})")
+        raise ConfigError(f"unknown model '{name}' in model.name (known: {', '.join(model_names())})")
     builder = _MODELS[name]
-    check_arguments(builder, kwargs, {"num_classes", "input_shape"}, "argument", f"for model '{name}'")
+    check_arguments(builder, kwargs, {"num_classes", "input_shape"}, "argument", f"in model.kwargs for '{name}'")
     return builder(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
 
 

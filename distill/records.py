@@ -31,6 +31,12 @@ def from_plain(cls: type, data: Any, *, label: str = "key", error: type[Distille
     return _Reader(label, error).record(cls, data, where)
 
 
+def check_value(hint: Any, value: Any, name: str, *, label: str = "key",
+                error: type[DistilleryError] = DistilleryError) -> Any:
+    """`value` checked against the type `hint` as `from_plain` checks a field (error names `{label} 'name'`)."""
+    return _Reader(label, error).value(hint, value, name)
+
+
 def describe_choices(choices: tuple) -> str:
     """'a or b', 'a, b or c': how messages list the allowed values of a Literal."""
     names = [str(choice) for choice in choices]

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except DistilleryError as error:
-        print(f"distillery: error: {error}", file=sys.stderr)
+        print(f"distillery: error: {_printable(str(error))}", file=sys.stderr)
         return error.exit_code
     except OSError as error:  # the machine's, not the input's: a full disk, a folder that went away
         print(f"distillery: error: {error.filename or 'a file'}: {_os_problem(error)}", file=sys.stderr)
@@ -173,3 +173,8 @@ def _resume_hint(args: argparse.Namespace, argv: list[str] | None) -> str:
     if "--resume" not in words:
         words.append("--resume")
     return "; continue with: distillery " + shlex.join(words)
+
+
+def _printable(text: str) -> str:
+    """One line whatever the input held: a key or value with a line break or a control character is escaped."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)

@@ -20,9 +20,12 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import torch
+
 from distill.config import RunConfig
 from distill.data import Dataset, load_dataset, make_transfer_set
 from distill.errors import ConfigError
+from distill.memory import check_fits
 from distill.models import create_model
 from distillery.context import RunContext
 from distillery.evaluation import evaluate
@@ -99,7 +102,11 @@ def _check_against_data(config: RunConfig, data: Dataset) -> None:
              **{f"ensemble.models[{i}]": spec for i, spec in enumerate(config.ensemble.models)}}
     for key, spec in specs.items():
         try:
-            create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs)
+            with torch.device("meta"):  # shapes only: a model too large for the machine is refused, not allocated
+                model = create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs)
+            parameters = sum(parameter.numel() for parameter in model.parameters())
+            # fp32 weights, gradients, momentum, and one more copy (bf16 weights or an average)
+            check_fits(16 * parameters, f"{spec.name} {spec.kwargs}, {parameters:,} parameters,")
         except ConfigError as error:
             raise ConfigError(f"{key}: {error}") from None
     specialists, classes = config.specialists, data.num_classes
@@ -108,8 +115,8 @@ def _check_against_data(config: RunConfig, data: Dataset) -> None:
         if specialists.count > classes:
             raise ConfigError(f"specialists.count={specialists.count} is more than the {classes} classes of {data.name}")
         if clustering.min_size >= classes or (clustering.max_size or 0) > classes:
-            raise ConfigError(f"specialists.clustering subset sizes (min {clustering.min_size}, max "
-                              f"{clustering.max_size}) must be below the {classes} classes of {data.name}")
+            raise ConfigError(f"specialists.clustering.min_size={clustering.min_size} and max_size="
+                              f"{clustering.max_size} must be below the {classes} classes of {data.name}")
         if config.student.train.augment_shift:
             raise ConfigError("student.train.augment_shift needs a teacher run on each augmented batch, which "
                               "specialists do not support: set it to 0")

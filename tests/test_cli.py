@@ -153,10 +153,15 @@ def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsy
     (["--set", "teacher.model.kwargs.hidden=[0]"], "teacher.model: hidden must be whole numbers >= 1, got [0]"),
     (["--set", "student.model.kwargs={channels: [8, 0]}", "--set", "student.model.name=cnn",
       "--set", "data.name=mnist", "--data-root", "{shared}"], "student.model: channels must be whole numbers >= 1"),
-    (["--set", "student.model.kwargs.dropout_hidden=yes"], "dropout_hidden must be a number in [0, 1), got True"),
+    (["--set", "student.model.kwargs.dropout_hidden=yes"], "argument 'dropout_hidden' must be float, got True"),
     (["--set", "student.loss.temperature=.inf"], "student.loss.temperature must be a finite number, got inf"),
     (["--set", "bias.fixed={3: .nan}"], "bias.fixed.3 must be a finite number, got nan"),
     (["--set", "teacher.model.kwargs.max_norm=-.inf"], "teacher.model.kwargs.max_norm must be a finite number"),
+    (["--set", "teacher.model.kwargs.hidden=[1000000000]"], "teacher.model: mlp {'hidden': [1000000000], "),
+    (["--set", "data.name=synthetic", "--set", "data.options={classes: 1000000000000}"],
+     "data.options: synthetic data of classes=1,000,000,000,000 x (train_per_class=50 + test_per_class=20) x dim=64"),
+    (["--set", "bias.fixed={1: 1e308}"], "bias.fixed.1 must be within +-1000, got 1e+308"),
+    (["--set", "data.name=synthetic", "--set", "data.options={classes: abc}"], "option 'classes' must be int"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, data_root, args, message):
     _make_bad_files(tmp_path)
