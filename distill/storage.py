@@ -41,19 +41,30 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
 
 
 def append_json_line(path: str | Path, record: dict) -> None:
-    """Append `record` as one line to the JSON-lines log at `path` (the logs of jobs and stages)."""
+    """Append `record` as one line to the JSON-lines log at `path` (the logs of jobs and stages). After a crash
+    in the middle of an append, the cut line is closed first, so that this record stays a line of its own."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as log_file:
-        log_file.write(json.dumps(record) + "\n")
+    with open(path, "ab+") as log_file:
+        cut = log_file.tell() > 0 and log_file.seek(-1, os.SEEK_END) >= 0 and log_file.read(1) != b"\n"
+        log_file.write((("\n" if cut else "") + json.dumps(record) + "\n").encode())
 
 
 def read_json_lines(path: str | Path) -> list[dict]:
-    """The records of a JSON-lines log, oldest first; none when it does not exist yet."""
+    """The records of a JSON-lines log, oldest first; none when it does not exist yet. A line that is not a
+    whole record (cut short by a crash or a full disk while it was appended) is skipped."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def sha256_file(path: str | Path) -> str:

@@ -4,8 +4,10 @@
 Its files in the run folder make it restartable at any moment:
 
     NAME.pt (+ .sha256)    the finished model; its presence (checksum verified) means "done, reuse me", unless
-                           it was trained from other inputs than the job's (then it is "stale" and retrained)
-    state/NAME.pt          the whole training state after the last finished epoch, rewritten atomically
+                           it was trained from other inputs than the job's ("stale") or no longer matches its
+                           checksum ("damaged"): then it is trained again
+    state/NAME.pt          the whole training state after the last finished epoch, rewritten atomically (one
+                           that cannot be read is "damaged": the job starts over)
     logs/NAME.jsonl        one line per epoch (attempt, pid, node) and one per start or resume
 """
 
@@ -115,10 +117,7 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
         model.load_state_dict(job.initial_state)
     model.to(device)
     state_path = run_dir / "state" / f"{job.name}.pt"
-    resume_from = torch.load(state_path, map_location=device, weights_only=True) if state_path.is_file() else None
-    if resume_from is not None and resume_from.get("inputs") != job.inputs:
-        _stale(run_dir, job.name, state_path, "its partial training state")
-        resume_from = None
+    resume_from = _training_state(job, state_path, run_dir, device)
     done = len(resume_from["history"]) if resume_from else 0
     # A resumed job keeps the precision it started in, wherever it resumes: the rest of its epochs match.
     precision = resume_from.get("precision", "fp32") if resume_from else resolve_precision(job.train.precision, device)
@@ -155,12 +154,17 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
 def _reuse(job: TrainJob, final: Path, run_dir: Path) -> JobResult | None:
     """The finished checkpoint's result, or None (after removing its checksum, which marks it unfinished) when it
     was trained from other inputs."""
-    _, payload = load_checkpoint(final)  # verifies the checksum: a damaged file is refused, not reused
+    try:
+        _, payload = load_checkpoint(final)  # verifies the checksum: a damaged file is never reused
+    except CheckpointError as error:
+        _discard(run_dir, job.name, final, "damaged", f"{error}")
+        checksum_path(final).unlink()
+        return None
     if payload["seed"] != job.seed or payload["model"] != to_dict(job.spec):
         raise CheckpointError(f"{final} was trained for another job (seed {payload['seed']}, {payload['model']}) "
                               f"than {job.name} of this run; move it away or choose another --out")
     if payload.get("inputs") != job.inputs:
-        _stale(run_dir, job.name, final, "its finished checkpoint")
+        _discard(run_dir, job.name, final, "stale", f"its finished checkpoint {final.name} {OTHER_INPUTS}")
         # Without its checksum the checkpoint no longer counts as finished; the file itself stays until the
         # retrained model replaces it atomically, so an interrupted retraining loses nothing more.
         checksum_path(final).unlink()
@@ -171,12 +175,35 @@ def _reuse(job: TrainJob, final: Path, run_dir: Path) -> JobResult | None:
                      reused=True)
 
 
-def _stale(run_dir: Path, name: str, path: Path, what: str) -> None:
-    """Record in the job's log, and warn (on the terminal when the job runs in the driver), that a file was made
-    from other inputs than the job's."""
-    _log_event(run_dir, name, {"event": "stale", "file": str(path.relative_to(run_dir))})
-    log.warning("%s: %s (%s) was trained from other inputs than this run's (data, or the models it learns from, "
-                "changed; or it predates input fingerprints): training it again", name, what, path.name)
+def _training_state(job: TrainJob, state_path: Path, run_dir: Path, device: torch.device) -> dict | None:
+    """The state the job's last attempt saved after its last finished epoch, or None: there is none, or it was
+    made from other inputs, or it cannot be read (a disk that filled up or failed while it was written)."""
+    if not state_path.is_file():
+        return None
+    try:
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        history = state["history"]
+        if not isinstance(history, list):
+            raise TypeError("no epoch history")
+    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways, and each means: start over
+        _discard(run_dir, job.name, state_path, "damaged",
+                 f"its training state {state_path.name} cannot be read ({type(error).__name__})")
+        return None
+    if state.get("inputs") != job.inputs:
+        _discard(run_dir, job.name, state_path, "stale", f"its training state {state_path.name} {OTHER_INPUTS}")
+        return None
+    return state
+
+
+OTHER_INPUTS = ("was made from other inputs than this run's (data, or the models it learns from, changed; or it "
+                "predates input fingerprints)")
+
+
+def _discard(run_dir: Path, name: str, path: Path, event: str, reason: str) -> None:
+    """Record in the job's log as `event` ("stale", "damaged"), and warn (on the terminal when the job runs in the
+    driver), that a file of the job cannot be used and the job trains again."""
+    _log_event(run_dir, name, {"event": event, "file": str(path.relative_to(run_dir))})
+    log.warning("%s: %s: training it again", name, reason)
 
 
 def load_trained(path: str | Path, name: str, device: str | torch.device = "cpu") -> TrainedModel:
@@ -234,7 +261,7 @@ def job_status(run_dir: Path, name: str, since: float = 0.0) -> JobStatus:
     start: a log also holds the attempts of earlier runs of the same folder)."""
     status = JobStatus()
     for event in read_json_lines(log_path(run_dir, name)):
-        kind = event["event"]
+        kind = event.get("event")
         if kind in ("start", "resume", "epoch", "reused"):
             status.epochs = event.get("epoch", 0)
         if kind in ("start", "resume") and event.get("time", 0.0) >= since:

@@ -60,10 +60,35 @@ def test_a_finished_job_is_reused_after_its_checksum_is_verified(data, tmp_path)
     again = run_job(_job(), data, tmp_path)
     assert again.reused and again.checksum == first.checksum and again.history == first.history
     assert _events(tmp_path)[-1] == "reused"
-    with open(checkpoint_path(tmp_path, "member_0"), "ab") as checkpoint:
-        checkpoint.write(b"tampered")
-    with pytest.raises(CheckpointError, match="does not match its checksum"):
-        run_job(_job(), data, tmp_path)
+
+
+
+@pytest.mark.parametrize("damage", ["appended", "truncated"])
+def test_a_damaged_checkpoint_is_trained_again_and_said_so(data, tmp_path, caplog, damage):
+    first = run_job(_job(), data, tmp_path)
+    path = checkpoint_path(tmp_path, "member_0")
+    if damage == "appended":
+        with open(path, "ab") as checkpoint:
+            checkpoint.write(b"tampered")
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    again = run_job(_job(), data, tmp_path)
+    assert not again.reused and [r.loss for r in again.history] == [r.loss for r in first.history]
+    assert _events(tmp_path)[-6:-4] == ["damaged", "start"]
+    assert "does not match its checksum: it was changed after it was written: training it again" in caplog.text
+    assert run_job(_job(), data, tmp_path).reused  # the retrained checkpoint is sound
+
+
+@pytest.mark.parametrize("junk", [b"", b"not a torch file", b"PK\x03\x04 cut short"])
+def test_a_damaged_training_state_is_discarded_and_the_job_starts_over(data, tmp_path, caplog, junk):
+    straight = run_job(_job(), data, tmp_path / "straight")
+    state = tmp_path / "damaged" / "state" / "member_0.pt"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(junk)
+    result = run_job(_job(), data, tmp_path / "damaged")
+    assert result.resumed_from_epoch == 0 and [r.loss for r in result.history] == [r.loss for r in straight.history]
+    assert _events(tmp_path / "damaged")[:2] == ["damaged", "start"]
+    assert "its training state member_0.pt cannot be read" in caplog.text
 
 
 def test_a_checkpoint_of_another_job_is_refused_not_reused(data, tmp_path):
