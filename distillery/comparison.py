@@ -11,7 +11,7 @@ Runs are grouped into settings by the config keys on which they differ, the seed
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +75,8 @@ class SettingComparison:
 @dataclass
 class Comparison:
     settings: list[SettingComparison]
+    # Each later setting against the first, per model, paired by seed (models equal in every setting left out).
+    between_settings: list[Difference] = field(default_factory=list)
 
 
 @dataclass
@@ -93,7 +95,9 @@ def compare_runs(folders: list[Path], study_dir: Path) -> Comparison:
     groups: dict[str, list[ComparedRun]] = {}
     for run in runs:
         groups.setdefault(repr(sorted(run.settings.items())), []).append(run)
-    return Comparison([_compare_setting(group, study_dir) for group in groups.values()])
+    settings = list(groups.values())
+    return Comparison([_compare_setting(group, study_dir) for group in settings],
+                      [difference for later in settings[1:] for difference in _between(settings[0], later)])
 
 
 def setting_label(settings: dict[str, Any]) -> str:
@@ -152,6 +156,35 @@ def _pairs(metrics: RunMetrics, names: list[str]) -> list[tuple[str, str]]:
         pairs.append(("student", "baseline"))
     pairs.append(("student", teacher.reference))
     return [(model, versus) for model, versus in pairs if model in names and versus in [*names, MEMBER_MEAN]]
+
+
+def _between(reference: list[ComparedRun], later: list[ComparedRun]) -> list[Difference]:
+    """Each model of `later` minus the same model of `reference`, paired by seed: the runs of a seed share their
+    seeds and test set, so the seed's own luck cancels."""
+    by_seed = {run.seed: run for run in reference}
+    pairs = [(run, by_seed[run.seed]) for run in later if run.seed in by_seed]
+    if not pairs:
+        return []
+    names = [name for name in pairs[0][0].metrics.models
+             if all(name in a.metrics.models and name in b.metrics.models for a, b in pairs)]
+    differences = []
+    label, reference_label = setting_label(later[0].settings), setting_label(reference[0].settings)
+    for name in names:
+        if all(_value(a.metrics, name, metric) == _value(b.metrics, name, metric)
+               for a, b in pairs for metric in ("accuracy", "nll")):
+            continue  # the same model in both settings (a teacher loaded from one checkpoint)
+        for metric in ("accuracy", "nll"):
+            per_seed = [_value(a.metrics, name, metric) - _value(b.metrics, name, metric) for a, b in pairs]
+            test_interval = None
+            if all(a.outcomes is not None and b.outcomes is not None and
+                   np.array_equal(a.outcomes.labels, b.outcomes.labels) for a, b in pairs):
+                test_interval = paired_bootstrap(np.mean([_scores(a.outcomes, [name], metric) -
+                                                          _scores(b.outcomes, [name], metric) for a, b in pairs],
+                                                         axis=0))
+            differences.append(Difference(f"{name} at {label}", f"{name} at {reference_label}", metric,
+                                          float(np.mean(per_seed)), len(pairs), seed_interval(per_seed),
+                                          test_interval))
+    return differences
 
 
 def _gain_kept(runs: list[ComparedRun], pairs: list[tuple[str, str]]) -> GainKept | None:

@@ -130,7 +130,15 @@ def write_study(study_dir: Path, study: Study) -> None:
 def read_study(study_dir: Path) -> Study:
     path = Path(study_dir) / STUDY
     try:
-        return from_plain(Study, json.loads(path.read_text()), label="study.json key")
+        data = json.loads(path.read_text())
+        try:
+            return from_plain(Study, data, label="study.json key")
+        except DistilleryError:
+            if not isinstance(data, dict) or data.get("comparison") is None:
+                raise
+            # The comparison is made from the runs again by every sweep and compare: one an older Distillery saved
+            # in another layout is dropped, not a reason to refuse the study.
+            return from_plain(Study, {**data, "comparison": None}, label="study.json key")
     except (ValueError, DistilleryError) as error:
         raise DistilleryError(f"{path} is not a study record: {error}") from None
 

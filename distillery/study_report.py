@@ -36,6 +36,11 @@ def write_study_report(study_dir: Path, study: Study) -> Path:
               "seeds: would another test set of the same size agree?). An interval that excludes 0 is marked.", ""]
     for setting in comparison.settings:
         parts += _setting_section(setting)
+    if comparison.between_settings:
+        parts += [f"## Between settings: each against {setting_label(comparison.settings[0].settings)}", "",
+                  "The same model in two settings, paired by seed (a model that is the same in every setting is left "
+                  "out).", "", "| difference | metric | mean | 95 % over seeds | 95 % over test examples |",
+                  "|---|---|---|---|---|", *map(_difference_row, comparison.between_settings), ""]
     parts += [f"![{label}]({FIGURES}/{path.name})" for path, label in figures]
     path = Path(study_dir) / STUDY_REPORT
     atomic_write_text(path, "\n".join(parts) + "\n")

@@ -78,6 +78,8 @@ def _run_on_ray(study_dir: Path, study: Study, points: list[StudyPoint], data_ro
                                           retry_exceptions=False)
     pending = {task.remote(point.config, str(study_dir / point.run.folder), str(data_root), download, num_cpus):
                point.run for point in points}
+    print(f"study {study_dir}: {len(points)} of {len(study.runs)} runs to make, {num_cpus:g} CPU(s) each",
+          file=sys.stderr)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         run = pending.pop(done[0])

@@ -18,7 +18,7 @@ from distillery.study import STUDY, StudyDefinition, parse_grid, parse_seeds, re
 
 TINY = ["data.name=synthetic", "data.options={classes: 12, groups: 3, dim: 16, train_per_class: 30, test_per_class: 10}",
         "teacher.model.kwargs={hidden: [32]}", "teacher.train.epochs=3", "student.model.kwargs={hidden: [16]}",
-        "student.train.epochs=3", "ensemble.size=2"]
+        "student.train.epochs=3", "ensemble.size=2", "specialists.count=0"]
 
 
 def test_seeds_are_a_count_or_a_list():
@@ -120,6 +120,12 @@ def test_a_tiny_sweep_makes_four_runs_and_compares_them_with_intervals(tmp_path,
     for difference in first.differences:
         assert difference.over_seeds is not None and difference.over_test_examples is not None
         assert difference.over_test_examples.low <= difference.mean <= difference.over_test_examples.high
+    between = {(d.model, d.metric): d for d in study.comparison.between_settings}
+    later = [run_metrics(out / folder).models["student"].accuracy for folder in folders[2:]]
+    moved = between[("student at student.loss.temperature=4.0", "accuracy")]
+    assert moved.versus == "student at student.loss.temperature=2.0" and moved.seeds == 2
+    assert moved.mean == pytest.approx(np.mean(np.subtract(later, accuracies)))
+    assert not any(name.startswith("member_") or name.startswith("ensemble") for name, _ in between)  # unchanged
     report = (out / "study.md").read_text()
     assert "## student.loss.temperature=4" in report and "student − baseline" in report and " ± " in report
     assert (out / "figures" / "study_accuracy.png").is_file()
