@@ -21,7 +21,7 @@ import yaml
 from distill.errors import DistilleryError
 from distill.intervals import Interval, Spread, paired_bootstrap, seed_interval, spread
 from distill.outcomes import TestOutcomes, read_outcomes
-from distillery.metrics import RunMetrics, read_metrics
+from distillery.metrics import CORRECTED_STUDENTS, RunMetrics, read_metrics
 from distillery.run_folder import CONFIG, METRICS, OUTCOMES, computed_settings
 
 DifferenceMetric = Literal["accuracy", "nll"]
@@ -144,7 +144,7 @@ def _summary(metrics: list) -> ModelSummary:
 def _pairs(metrics: RunMetrics, names: list[str]) -> list[tuple[str, str]]:
     """The differences that say whether the teachers and the student earn their cost: the ensemble against its
     average member, the specialists against their generalist, the student against its hard-label twin and
-    against the teacher it learnt from."""
+    against the teacher it learnt from; and each bias correction against the uncorrected student."""
     teacher = metrics.teacher
     pairs = []
     if teacher.combine is not None:
@@ -155,6 +155,11 @@ def _pairs(metrics: RunMetrics, names: list[str]) -> list[tuple[str, str]]:
     if "baseline" in names:
         pairs.append(("student", "baseline"))
     pairs.append(("student", teacher.reference))
+    corrected = metrics.bias.corrected_students()
+    pairs += [(name, "student") for name in corrected]  # does a bias correction help the student?
+    automatic, tuned = CORRECTED_STUDENTS["auto"], CORRECTED_STUDENTS["test_tuned"]
+    if automatic in corrected and tuned in corrected:
+        pairs.append((automatic, tuned))  # how close a shift chosen without test labels gets to the best one
     return [(model, versus) for model, versus in pairs if model in names and versus in [*names, MEMBER_MEAN]]
 
 

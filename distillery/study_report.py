@@ -58,7 +58,7 @@ def _setting_section(setting: SettingComparison) -> list[str]:
     lines += [_difference_row(difference) for difference in setting.differences]
     if setting.gain_kept is not None:
         kept = setting.gain_kept
-        lines += ["", f"Share of the {kept.combination}'s accuracy gain over the {kept.base} that the student keeps, "
+        lines += ["", f"Share of the accuracy gain of {kept.combination} over {kept.base} that the student keeps, "
                       f"(student − {kept.base}) / ({kept.combination} − {kept.base}) per run: "
                       f"{_spread(kept.share, 100, 0)} % (n = {kept.share.n}; a ratio of two noisy differences: read "
                       "it with the intervals above)."]
