@@ -20,15 +20,13 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     """Yield with Ray connected; disconnect (and stop a local instance) afterwards.
 
     address None or "local": start a fresh Ray on this machine with all its CPUs. Its services and dashboard
-    bind to 127.0.0.1 only, and it never joins a cluster recorded in Ray's temp folder (plain `ray.init()`
-    would, even a dead one). "auto" or "HOST:PORT": join that cluster. Already connected (a test fixture, or a
+    bind to 127.0.0.1 only (ensembles/__init__.py sets that up before Ray is imported), and it never joins a
+    cluster recorded in Ray's temp folder (plain `ray.init()` would, even a dead one). "auto" or "HOST:PORT": join that cluster. Already connected (a test fixture, or a
     program that embeds Distillery): use that connection and leave it open.
     """
     if ray.is_initialized():
         yield
         return
-    # Without this Ray binds its services to the machine's network address instead of loopback.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     _check_reachable(address)
     try:
         if address in (None, "local"):

@@ -1,6 +1,12 @@
 """Connecting to Ray: a refused connection says what the user can do about it. (An address nobody answers at is
 a bad-input row of tests/test_cli.py: it needs a process not connected to the shared test cluster.)"""
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from ensembles.ray_connection import _token_hint
@@ -17,3 +23,45 @@ def test_a_refused_explicit_address_hints_at_token_authentication(monkeypatch, a
     if auth_mode:
         monkeypatch.setenv("RAY_AUTH_MODE", auth_mode)
     assert ("RAY_AUTH_MODE=token" in _token_hint(address)) is hinted
+
+
+def _listening(pgid: int) -> list[str]:
+    """Local addresses of the TCP sockets listening in processes of process group `pgid` (from `ss -ltnp`)."""
+    addresses = []
+    for line in subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout.splitlines():
+        fields = line.split()
+        pids = [int(part.split("=")[1]) for part in line.replace(")", ",").split(",") if part.startswith("pid=")]
+        for pid in pids:
+            try:
+                if os.getpgid(pid) == pgid:
+                    addresses.append(fields[3])
+            except ProcessLookupError:
+                pass
+    return addresses
+
+
+@pytest.mark.slow
+def test_a_local_run_listens_on_loopback_only(tmp_path):
+    """A real `distillery run` that fans out on a private Ray instance, in a process of its own whose environment
+    does not set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER (the test fixtures do; a user's shell does not)."""
+    environment = {key: value for key, value in os.environ.items() if key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    run = subprocess.Popen([sys.executable, "-m", "distillery", "run", "--out", str(tmp_path / "run"), "--set",
+                            "teacher.train.epochs=40", "--set", "specialists.train.epochs=200"], env=environment,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    seen: set[str] = set()
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and run.poll() is None and not any(
+                (Path(tmp_path) / "run" / "logs" / f"specialist_{m}.jsonl").is_file() for m in range(3)):
+            time.sleep(0.5)
+        for _ in range(6):  # while the specialists train on Ray workers
+            seen.update(_listening(run.pid))
+            time.sleep(0.5)
+    finally:
+        run.kill()
+        subprocess.run(["pkill", "-9", "-g", str(run.pid)], check=False)
+        run.wait()
+    assert len(seen) >= 3, f"too few listening sockets seen to judge: {seen}"
+    exposed = [address for address in seen if not address.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
+               in ("127.0.0.1", "::1")]
+    assert not exposed, f"listening beyond loopback: {exposed}"
