@@ -196,7 +196,8 @@ class BiasConfig:
         # Logits live within tens of units; a shift of thousands already decides every prediction on its own, and
         # a huge one overflows softmax into NaN at evaluation, after all the training.
         for cls, shift in self.fixed.items():
-            _require(abs(shift) <= MAX_LOGIT_SHIFT, f"bias.fixed.{cls} must be within +-{MAX_LOGIT_SHIFT:g}, got {shift}")
+            _require(abs(shift) <= MAX_LOGIT_SHIFT,
+                     f"bias.fixed.{cls} must be within +-{MAX_LOGIT_SHIFT:g}, got {shift}")
 
 
 @dataclass

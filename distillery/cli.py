@@ -14,7 +14,6 @@ from distill.errors import ConfigError, DistilleryError
 from distillery import DEMO_CONFIG
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description="Distil teachers into one small student.")
     commands = parser.add_subparsers(dest="command", required=True)

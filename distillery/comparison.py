@@ -22,7 +22,7 @@ from distill.errors import DistilleryError
 from distill.intervals import Interval, Spread, paired_bootstrap, seed_interval, spread
 from distill.outcomes import TestOutcomes, read_outcomes
 from distillery.metrics import CORRECTED_STUDENTS, RunMetrics, read_metrics
-from distillery.run_folder import CONFIG, METRICS, OUTCOMES, computed_settings
+from distillery.run_folder import CONFIG, METRICS, OUTCOMES, flat_settings
 
 DifferenceMetric = Literal["accuracy", "nll"]
 MEMBER_MEAN = "member mean"
@@ -109,7 +109,7 @@ def _read_runs(folders: list[Path]) -> list[ComparedRun]:
     for folder in folders:
         if not (folder / METRICS).is_file() or not (folder / CONFIG).is_file():
             raise DistilleryError(f"{folder} holds no finished run: {METRICS} or {CONFIG} is missing")
-        configs.append(_flat(computed_settings(yaml.safe_load((folder / CONFIG).read_text()))))
+        configs.append(flat_settings(yaml.safe_load((folder / CONFIG).read_text())))
     varying = [key for key in configs[0] if key != "seed" and any(c.get(key) != configs[0][key] for c in configs)]
     varying += sorted({key for c in configs for key in c if key not in configs[0]})
     for folder, config in zip(folders, configs):
@@ -119,17 +119,12 @@ def _read_runs(folders: list[Path]) -> list[ComparedRun]:
     return runs
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict) or not node:
-        return {prefix.rstrip("."): node}
-    return {key: value for name, child in node.items() for key, value in _flat(child, f"{prefix}{name}.").items()}
-
-
 def _compare_setting(runs: list[ComparedRun], study_dir: Path) -> SettingComparison:
     names = [name for name in runs[0].metrics.models if all(name in run.metrics.models for run in runs)]
     models = {name: _summary([run.metrics.models[name] for run in runs]) for name in names}
     pairs = _pairs(runs[0].metrics, names)
-    differences = [_difference(runs, model, versus, metric) for model, versus in pairs for metric in ("accuracy", "nll")]
+    differences = [_difference(runs, model, versus, metric)
+                   for model, versus in pairs for metric in ("accuracy", "nll")]
     return SettingComparison(runs[0].settings, [os.path.relpath(run.folder, study_dir) for run in runs],
                              [run.seed for run in runs], models, differences, _gain_kept(runs, pairs))
 

@@ -4,6 +4,7 @@ config, where only the `cluster` section may change: where a run computes does n
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -43,13 +44,20 @@ def computed_settings(config: RunConfig | dict) -> dict:
             if key != "cluster"}
 
 
+def flat_settings(config: RunConfig | dict) -> dict[str, Any]:
+    """The computed settings as dotted key -> value ("student.loss.temperature": 20.0); an empty mapping is a
+    value of its own."""
+    def flat(node: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(node, dict) or not node:
+            return {prefix: node}
+        return {k: v for key, child in node.items()
+                for k, v in flat(child, f"{prefix}.{key}" if prefix else key).items()}
+
+    return flat(computed_settings(config), "")
+
+
 def _first_difference(saved: Path, config: RunConfig) -> str | None:
     """The first setting outside `cluster` on which the saved config and this one differ, or None."""
-    def flat(node, prefix=""):
-        if not isinstance(node, dict):
-            return {prefix: node}
-        return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}{key}.").items()}
-
-    old, new = (flat(computed_settings(c)) for c in (yaml.safe_load(saved.read_text()), config))
+    old, new = (flat_settings(c) for c in (yaml.safe_load(saved.read_text()), config))
     key = next((k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)), None)
-    return key and f"{key.rstrip('.')}: {old.get(key)!r} there, {new.get(key)!r} now"
+    return key and f"{key}: {old.get(key)!r} there, {new.get(key)!r} now"

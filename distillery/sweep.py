@@ -23,7 +23,7 @@ from distill.errors import ConfigError, DistilleryError
 from distillery.comparison import compare_runs
 from distillery.pipeline import run
 from distillery.run_folder import METRICS, make_folder
-from distillery.study import (STUDY, STUDY_VERSION, Study, StudyDefinition, StudyPoint, StudyRun, read_study,
+from distillery.study import (STUDY, STUDY_VERSION, Study, StudyDefinition, StudyPoint, read_study,
                               study_points, write_study)
 from distillery.study_report import write_study_report
 from ensembles.fanout import task_resources, task_result

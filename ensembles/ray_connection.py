@@ -21,8 +21,9 @@ def ray_session(address: str | None = None) -> Iterator[None]:
 
     address None or "local": start a fresh Ray on this machine with all its CPUs. Its services and dashboard
     bind to 127.0.0.1 only (ensembles/__init__.py sets that up before Ray is imported), and it never joins a
-    cluster recorded in Ray's temp folder (plain `ray.init()` would, even a dead one). "auto" or "HOST:PORT": join that cluster. Already connected (a test fixture, or a
-    program that embeds Distillery): use that connection and leave it open.
+    cluster recorded in Ray's temp folder (plain `ray.init()` would, even a dead one). "auto" or "HOST:PORT":
+    join that cluster. Already connected (a test fixture, or a program that embeds Distillery): use that
+    connection and leave it open.
     """
     if ray.is_initialized():
         yield

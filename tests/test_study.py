@@ -42,8 +42,8 @@ def test_every_grid_point_times_every_seed_is_one_run_folder_named_by_its_settin
                                                                    "student.model.kwargs": [{"hidden": [8, 8]}]},
                                  [0, 7])
     points = study_points(definition)
-    assert [p.run.folder for p in points] == [f"student.loss.temperature={t}/student.model.kwargs={{hidden:[8,8]}}/seed={s}"
-                                              for t in (2, 4.5) for s in (0, 7)]
+    assert [p.run.folder for p in points] == [
+        f"student.loss.temperature={t}/student.model.kwargs={{hidden:[8,8]}}/seed={s}" for t in (2, 4.5) for s in (0, 7)]
     assert [(p.config.student.loss.temperature, p.config.seed) for p in points] == [(2, 0), (2, 7), (4.5, 0),
                                                                                     (4.5, 7)]
     assert all(p.config.teacher.train.epochs == 2 and p.config.student.model.kwargs == {"hidden": [8, 8]}
