@@ -173,17 +173,8 @@ def _between(reference: list[ComparedRun], later: list[ComparedRun]) -> list[Dif
         if all(_value(a.metrics, name, metric) == _value(b.metrics, name, metric)
                for a, b in pairs for metric in ("accuracy", "nll")):
             continue  # the same model in both settings (a teacher loaded from one checkpoint)
-        for metric in ("accuracy", "nll"):
-            per_seed = [_value(a.metrics, name, metric) - _value(b.metrics, name, metric) for a, b in pairs]
-            test_interval = None
-            if all(a.outcomes is not None and b.outcomes is not None and
-                   np.array_equal(a.outcomes.labels, b.outcomes.labels) for a, b in pairs):
-                test_interval = paired_bootstrap(np.mean([_scores(a.outcomes, [name], metric) -
-                                                          _scores(b.outcomes, [name], metric) for a, b in pairs],
-                                                         axis=0))
-            differences.append(Difference(f"{name} at {label}", f"{name} at {reference_label}", metric,
-                                          float(np.mean(per_seed)), len(pairs), seed_interval(per_seed),
-                                          test_interval))
+        differences += [_paired(pairs, name, name, metric, f"{name} at {label}",
+                                f"{name} at {reference_label}") for metric in ("accuracy", "nll")]
     return differences
 
 
@@ -203,15 +194,23 @@ def _gain_kept(runs: list[ComparedRun], pairs: list[tuple[str, str]]) -> GainKep
 
 
 def _difference(runs: list[ComparedRun], model: str, versus: str, metric: DifferenceMetric) -> Difference:
-    per_run = [_value(run.metrics, model, metric) - _value(run.metrics, versus, metric) for run in runs]
+    return _paired([(run, run) for run in runs], model, versus, metric, model, versus)
+
+
+def _paired(pairs: list[tuple[ComparedRun, ComparedRun]], model: str, versus: str, metric: DifferenceMetric,
+            shown_model: str, shown_versus: str) -> Difference:
+    """`model` in the first run of each pair minus `versus` in the second (the same run, or the same seed in
+    another setting), with the interval over the pairs and, when every run kept its per-example answers on the same
+    test set, the paired bootstrap over its examples."""
+    per_pair = [_value(a.metrics, model, metric) - _value(b.metrics, versus, metric) for a, b in pairs]
     test_interval = None
-    outcomes = [run.outcomes for run in runs]
-    if all(o is not None and np.array_equal(o.labels, outcomes[0].labels) for o in outcomes):
-        per_example = np.mean([_scores(run.outcomes, _models(run.metrics, model), metric) -
-                               _scores(run.outcomes, _models(run.metrics, versus), metric) for run in runs], axis=0)
-        test_interval = paired_bootstrap(per_example)
-    return Difference(model, versus, metric, float(np.mean(per_run)), len(runs), seed_interval(per_run),
-                      test_interval)
+    labels = pairs[0][0].outcomes.labels if pairs[0][0].outcomes is not None else None
+    if all(run.outcomes is not None and np.array_equal(run.outcomes.labels, labels) for pair in pairs for run in pair):
+        test_interval = paired_bootstrap(np.mean([_scores(a.outcomes, _models(a.metrics, model), metric) -
+                                                  _scores(b.outcomes, _models(b.metrics, versus), metric)
+                                                  for a, b in pairs], axis=0))
+    return Difference(shown_model, shown_versus, metric, float(np.mean(per_pair)), len(pairs),
+                      seed_interval(per_pair), test_interval)
 
 
 def _models(metrics: RunMetrics, name: str) -> list[str]:
