@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from specialists.eq5 import (SpecialistBatch, active_specialists, objective, solve, solve_em, solve_gradient,
-                             specialist_batch)
+from specialists.eq5 import (SpecialistBatch, active_specialists, lumped_batch, objective, solve_em, solve_gradient,
+                             solve_lumped, specialist_batch)
 
 SUBSETS = [list(range(0, 8)), list(range(6, 15)), list(range(20, 30))]
 CLASSES = 30
@@ -12,16 +12,22 @@ def _softmax(rows: int, columns: int, generator: torch.Generator, scale: float =
     return torch.softmax(torch.randn(rows, columns, generator=generator, dtype=torch.float64) * scale, dim=1)
 
 
+def _parts(classes: int, subsets: list[list[int]], rows: int, top_n: int, seed: int, peak: float = 3.0):
+    """A generalist's probabilities (rows, classes), the active mask and each active specialist's outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    generalist = _softmax(rows, classes, generator, peak)
+    membership = torch.zeros(len(subsets), classes, dtype=torch.bool)
+    for m, subset in enumerate(subsets):
+        membership[m, subset] = True
+    active = active_specialists(generalist, membership, top_n)
+    outputs = {m: _softmax(int(active[:, m].sum()), len(subset) + 1, generator, 2.0) for m, subset in enumerate(subsets)}
+    return generalist, active, outputs
+
+
 @pytest.fixture
 def problem() -> tuple[torch.Tensor, SpecialistBatch]:
     """64 inputs, 30 classes, three specialists (two overlapping) active on the generalist's top-2 classes."""
-    generator = torch.Generator().manual_seed(0)
-    generalist = _softmax(64, CLASSES, generator)
-    membership = torch.zeros(len(SUBSETS), CLASSES, dtype=torch.bool)
-    for m, subset in enumerate(SUBSETS):
-        membership[m, subset] = True
-    active = active_specialists(generalist, membership, top_n=2)
-    outputs = {m: _softmax(int(active[:, m].sum()), len(subset) + 1, generator, 2.0) for m, subset in enumerate(SUBSETS)}
+    generalist, active, outputs = _parts(CLASSES, SUBSETS, 64, top_n=2, seed=0)
     return generalist, specialist_batch(CLASSES, SUBSETS, active, outputs)
 
 
@@ -36,8 +42,8 @@ def test_no_active_specialist_returns_the_generalist(problem):
     generalist, batch = problem
     idle = SpecialistBatch(torch.zeros_like(batch.special), torch.zeros_like(batch.dustbin),
                            torch.zeros_like(batch.active), batch.membership)
-    for solver in ("em", "gradient"):
-        torch.testing.assert_close(solve(generalist, idle, solver), generalist)
+    for solve in (solve_em, solve_gradient):
+        torch.testing.assert_close(solve(generalist, idle), generalist)
     inactive_rows = ~batch.active.any(1)
     assert inactive_rows.any()
     torch.testing.assert_close(solve_em(generalist, batch)[inactive_rows], generalist[inactive_rows])
@@ -97,3 +103,39 @@ def test_gradients_flow_through_the_dustbin_aggregation(problem):
     (grad,) = torch.autograd.grad(objective(torch.softmax(logits, 1), torch.zeros_like(logits), only_dustbin).sum(),
                                   logits)
     assert grad.abs().sum() > 0  # the dustbin term alone moves the logits
+
+
+def test_lumped_solver_is_the_dense_optimum_in_float64():
+    generalist, active, outputs = _parts(CLASSES, SUBSETS, 64, top_n=2, seed=0)
+    dense = solve_em(generalist, specialist_batch(CLASSES, SUBSETS, active, outputs), tol=1e-14, max_iter=100_000)
+    lumped = solve_lumped(lumped_batch(generalist, SUBSETS, active, outputs), tol=1e-14)
+    assert active.any(1).any() and not active.any(1).all()
+    torch.testing.assert_close(lumped, dense, rtol=0, atol=1e-12)
+    inactive = ~active.any(1)
+    assert torch.equal(lumped[inactive], generalist[inactive])
+
+
+def test_lumped_solver_in_float32_stays_within_1e_6_of_dense_float64():
+    """2,000 classes, 40 overlapping subsets of 94-100 classes and two halves of all classes, five active
+    specialists per input on a peaked generalist: rows whose active subsets hold every class (no lumped mass), and
+    rows where plain EM contracts slowly (the dense reference runs to 1e-14)."""
+    generator = torch.Generator().manual_seed(3)
+    classes = 2000
+    subsets = [sorted(torch.randperm(classes, generator=generator)[:100 - m % 7].tolist()) for m in range(40)]
+    subsets += [list(range(classes // 2)), list(range(classes // 2, classes))]
+    generalist, active, outputs = _parts(classes, subsets, 128, top_n=5, seed=4, peak=5.0)
+    assert active[:, -2:].all(1).any()
+    dense = solve_em(generalist, specialist_batch(classes, subsets, active, outputs), tol=1e-14, max_iter=100_000)
+    single = lumped_batch(generalist.float(), subsets, active, {m: p.float() for m, p in outputs.items()})
+    q = solve_lumped(single)
+    assert q.dtype == torch.float32 and (q >= 0).all()
+    assert (q.double() - dense).abs().max() <= 1e-6
+    torch.testing.assert_close(q.sum(1), torch.ones(len(q)))
+
+
+def test_lumped_golden_numbers_of_one_dustbin_specialist():
+    """The hand-solved case above, through the lumped batch: class 2 is the lumped class."""
+    generalist = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
+    batch = lumped_batch(generalist, [[0, 1]], torch.tensor([[True]]), {0: torch.tensor([[0.6, 0.2, 0.2]])})
+    assert batch.columns.tolist() == [[0, 1, 3]]  # the subset, then a padding column (class id C = 3)
+    torch.testing.assert_close(solve_lumped(batch), torch.tensor([[0.55, 0.25, 0.2]], dtype=torch.float64))
