@@ -236,8 +236,12 @@ class SpecialistsConfig:
     """A generalist (teacher.model, teacher.train) with `count` specialists (docs/method.md section 4); 0: none.
 
     Specialists are the generalist's architecture with an output per class of their subset plus a dustbin, start
-    from its weights and train with `train` on half special, half other examples; `dustbin_correction` then adds
-    the prior-shift correction to the dustbin logit. At inference a specialist is active when its subset holds
+    from its weights and train with `train` on half special, half other examples, on hard labels as in the paper
+    (`loss` with w_soft = 0) or, with w_soft > 0, also on the generalist's soft targets at `loss.temperature`
+    folded into the subset's classes plus the dustbin (the paper's "soft targets as regularizers", which it
+    proposed and left untried); `dustbin_correction` then adds the prior-shift correction to the dustbin logit.
+    `compute_matched` also trains the control every specialist gain should beat: the generalist trained on, with
+    the specialists' settings, for as many example-epochs as all its specialists together. At inference a specialist is active when its subset holds
     one of the generalist's `top_n` classes, and eq. 5 is solved by `solver` ("em" or "gradient"). The combined
     distributions are the student's soft targets; `targets_top_k` stores only each row's k largest probabilities
     and the remaining mass (spread evenly over the other classes), for very large label sets.
@@ -247,7 +251,9 @@ class SpecialistsConfig:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=64, lr=0.02,
                                                                    schedule="constant"))
+    loss: LossWeights = field(default_factory=lambda: LossWeights(temperature=1.0, w_soft=0.0, w_hard=1.0))
     dustbin_correction: bool = True
+    compute_matched: bool = False
     top_n: int = 1
     solver: Eq5Solver = "em"
     targets_top_k: int | None = None
@@ -256,6 +262,7 @@ class SpecialistsConfig:
         _require(self.count >= 0, f"specialists.count must be >= 0, got {self.count}")
         self.clustering.validate(self.count)
         self.train.validate("specialists.train")
+        self.loss.validate("specialists.loss")
         _require(self.top_n >= 1, f"specialists.top_n must be >= 1, got {self.top_n}")
         _require(self.targets_top_k is None or self.targets_top_k >= 1,
                  f"specialists.targets_top_k must be >= 1, got {self.targets_top_k}")

@@ -23,6 +23,7 @@ from distill.intervals import Interval, Spread, paired_bootstrap, seed_interval,
 from distill.outcomes import TestOutcomes, read_outcomes
 from distillery.metrics import CORRECTED_STUDENTS, RunMetrics, read_metrics
 from distillery.run_folder import CONFIG, METRICS, OUTCOMES, flat_settings
+from specialists.training import COMPUTE_MATCHED
 
 DifferenceMetric = Literal["accuracy", "nll"]
 MEMBER_MEAN = "member mean"
@@ -146,7 +147,7 @@ def _pairs(metrics: RunMetrics, names: list[str]) -> list[tuple[str, str]]:
         pairs += [("ensemble", MEMBER_MEAN), ("student", MEMBER_MEAN)]
     if teacher.specialists is not None:
         generalist = next(iter(teacher.members))
-        pairs += [("specialists", generalist), ("student", generalist)]
+        pairs += [("specialists", generalist), ("specialists", COMPUTE_MATCHED), ("student", generalist)]
     if "baseline" in names:
         pairs.append(("student", "baseline"))
     pairs.append(("student", teacher.reference))

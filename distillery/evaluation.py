@@ -25,6 +25,7 @@ from distillery.teachers import Teachers
 from ensembles.averaging import combine_log_probs
 from ensembles.jobs import TrainedModel
 from specialists.gains import SpecialistsMetrics, measure_specialists
+from specialists.training import COMPUTE_MATCHED, matched_epochs
 
 
 def evaluate(context: RunContext, data: Dataset, teachers: Teachers, students: dict[str, TrainedModel],
@@ -32,6 +33,8 @@ def evaluate(context: RunContext, data: Dataset, teachers: Teachers, students: d
     """The run's metrics, written to metrics.json; reused unless the models or settings changed since."""
     path = context.out_dir / METRICS
     checksums = {**teachers.checksums, **{name: model.checksum for name, model in students.items()}}
+    if teachers.specialists and teachers.specialists.matched:
+        checksums[COMPUTE_MATCHED] = teachers.specialists.matched.checksum
     manifest = StageManifest(context.out_dir, "evaluation", {"inputs": context.inputs_key({"models": checksums}),
                                                              "config": computed_settings(context.config)})
     if manifest.reusable():
@@ -73,8 +76,12 @@ def _measure(context: RunContext, data: Dataset, teachers: Teachers, students: d
         reference = teachers.specialists.combiner.log_probs(data.x_test, generalist_logits=generalist_logits)
         measure("specialists", reference)
         seconds = {m.name: context.seconds[m.name] for m in teachers.specialists.models}
+        matched = _compute_matched(data, teachers)
+        if matched is not None:
+            measure(COMPUTE_MATCHED, matched[0])
+            precisions[COMPUTE_MATCHED] = teachers.specialists.matched.precision
         specialists = measure_specialists(teachers.specialists.combiner, teachers.specialists.clustering,
-                                          generalist_logits, reference, labels, seconds)
+                                          generalist_logits, reference, labels, seconds, matched)
         precisions["specialists"] = _common(set(teachers.specialists.combiner.precisions))
     else:
         reference = teacher_logits[teachers.members[0].name]
@@ -89,6 +96,15 @@ def _measure(context: RunContext, data: Dataset, teachers: Teachers, students: d
     for name, model in models.items():
         model.train_seconds, model.precision = context.seconds.get(name), precisions[name]
     return models, outcomes, bias, specialists
+
+
+def _compute_matched(data: Dataset, teachers: Teachers) -> tuple[torch.Tensor, int, int] | None:
+    """The compute-matched generalist's test logits, epochs and the specialists' example-epochs, if it trained."""
+    specialists = teachers.specialists
+    if specialists.matched is None:
+        return None
+    logits = predict_logits(specialists.matched.model, data.x_test, precision=specialists.matched.precision)
+    return logits, matched_epochs(specialists.example_epochs, len(data.y_train)), specialists.example_epochs
 
 
 def _common(precisions: set[str]) -> str:

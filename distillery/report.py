@@ -121,8 +121,15 @@ def _specialists_section(section: SpecialistsMetrics, out_dir: Path) -> list[str
         f"| overall | {top1.generalist:.4f} | {top1.combined:.4f} | {_percent(top1.relative_gain)} |",
         f"| conditional (special classes, predictions restricted to the subset) | "
         f"{conditional.generalist or 0:.4f} | {conditional.combined or 0:.4f} | "
-        f"{_percent(conditional.relative_gain)} |", "",
-        "Relative top-1 change by the number of specialists covering the true class (the paper's Table 4):", "",
+        f"{_percent(conditional.relative_gain)} |",
+    ]
+    if section.compute_matched is not None:
+        matched = section.compute_matched
+        lines.append(f"| overall, against the generalist trained {matched.epochs} epochs more (the specialists' "
+                     f"{matched.example_epochs:,} example-epochs) | {matched.top1.generalist:.4f} | "
+                     f"{matched.top1.combined:.4f} | {_percent(matched.top1.relative_gain)} |")
+    lines += [
+        "", "Relative top-1 change by the number of specialists covering the true class (the paper's Table 4):", "",
         "| specialists covering | test examples | generalist | combined | relative change |", "|---|---|---|---|---|",
     ]
     lines += [f"| {row.covering} | {row.examples} | {row.generalist_accuracy:.4f} | {row.combined_accuracy:.4f} | "

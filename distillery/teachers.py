@@ -16,17 +16,20 @@ from ensembles.jobs import JobData, TrainedModel, load_trained
 from specialists.clustering import affinity_path, cluster_classes, read_subsets, subsets_path
 from specialists.combiner import SpecialistEnsemble
 from specialists.subsets import Subsets
-from specialists.training import specialist_jobs
+from specialists.training import COMPUTE_MATCHED, compute_matched_job, specialist_jobs
 
 
 @dataclass
 class Specialists:
-    """The generalist combined with its trained specialists (eq. 5), how their subsets were found, and the
-    specialists themselves."""
+    """The generalist combined with its trained specialists (eq. 5), how their subsets were found, the
+    specialists themselves and the example-epochs they trained for, and the compute-matched generalist (None
+    unless `specialists.compute_matched`)."""
 
     combiner: SpecialistEnsemble
     clustering: Subsets
     models: list[TrainedModel]
+    example_epochs: int
+    matched: TrainedModel | None = None
 
 
 @dataclass
@@ -92,10 +95,19 @@ def train_specialists(context: RunContext, data: Dataset, generalist: TrainedMod
                                      generalist.precision)
         manifest.seal([subsets_path(context.out_dir), affinity_path(context.out_dir)])
     context.progress.announce("specialists")
-    jobs, shifts = specialist_jobs(config, clustering.subsets, generalist.model, generalist.spec, data,
-                                   context.model_seed, lambda more: context.inputs_key({**upstream, **more}))
-    models = context.train(jobs, label="specialists")
-    combiner = SpecialistEnsemble(generalist.model, [model.model for model in models], clustering.subsets, shifts,
-                                  config.specialists.top_n, config.specialists.solver,
+
+    def inputs_of(more: dict) -> str:
+        return context.inputs_key({**upstream, **more})
+
+    planned = specialist_jobs(config, clustering.subsets, generalist, data, context.model_seed, inputs_of)
+    jobs = list(planned.jobs)
+    if config.specialists.compute_matched:
+        jobs.append(compute_matched_job(config, generalist, data, planned.example_epochs,
+                                        context.model_seed(COMPUTE_MATCHED), inputs_of({})))
+    trained = context.train(jobs, label="specialists")
+    models = trained[:len(planned.jobs)]
+    combiner = SpecialistEnsemble(generalist.model, [model.model for model in models], clustering.subsets,
+                                  planned.shifts, config.specialists.top_n, config.specialists.solver,
                                   [generalist.precision, *(model.precision for model in models)])
-    return Specialists(combiner, clustering, models)
+    matched = trained[-1] if config.specialists.compute_matched else None
+    return Specialists(combiner, clustering, models, planned.example_epochs, matched)

@@ -37,9 +37,19 @@ class CoverageRow:
 
 
 @dataclass
+class ComputeMatched:
+    """The control: the generalist trained on for `epochs` more epochs, about the `example_epochs` its specialists
+    consumed together; `top1` compares it (as "generalist") with the generalist + specialists."""
+
+    epochs: int
+    example_epochs: int
+    top1: TopOne
+
+
+@dataclass
 class SpecialistsMetrics:
     """The subsets and how they were found, the combiner's settings, overall and conditional top-1, the gain by
-    coverage, and each specialist's training seconds."""
+    coverage, each specialist's training seconds, and the compute-matched control where it was trained."""
 
     clustering: Subsets
     top_n: int
@@ -49,20 +59,28 @@ class SpecialistsMetrics:
     conditional_top1: TopOne
     gain_by_coverage: list[CoverageRow]
     train_seconds: dict[str, float]
+    compute_matched: ComputeMatched | None = None
 
 
 def measure_specialists(ensemble: SpecialistEnsemble, clustering: Subsets, generalist_logits: torch.Tensor,
-                        combined_log_probs: torch.Tensor, labels: torch.Tensor,
-                        train_seconds: dict[str, float]) -> SpecialistsMetrics:
-    """The section for a generalist's test logits and the combination's test log-probabilities (N, C)."""
+                        combined_log_probs: torch.Tensor, labels: torch.Tensor, train_seconds: dict[str, float],
+                        matched: tuple[torch.Tensor, int, int] | None = None) -> SpecialistsMetrics:
+    """The section for a generalist's test logits and the combination's test log-probabilities (N, C); `matched`:
+    the compute-matched generalist's test logits, its epochs and the specialists' example-epochs."""
     overall = [classification_metrics(logits, labels).accuracy for logits in (generalist_logits, combined_log_probs)]
     conditional = [conditional_accuracy(logits.cpu(), labels.cpu(), ensemble.subsets)
                    for logits in (generalist_logits, combined_log_probs)]
     table = gain_by_coverage(generalist_logits.cpu(), combined_log_probs.cpu(), labels.cpu(), clustering.coverage())
+    control = None
+    if matched is not None:
+        matched_logits, epochs, example_epochs = matched
+        against = [classification_metrics(matched_logits, labels).accuracy, overall[1]]
+        control = ComputeMatched(epochs, example_epochs, TopOne(*against, relative_gain(*against)))
     return SpecialistsMetrics(
         clustering, ensemble.top_n, ensemble.solver, ensemble.dustbin_shifts,
         TopOne(*overall, relative_gain(*overall)),
-        TopOne(*conditional, relative_gain(conditional[0] or 0.0, conditional[1] or 0.0)), table, train_seconds)
+        TopOne(*conditional, relative_gain(conditional[0] or 0.0, conditional[1] or 0.0)), table, train_seconds,
+        control)
 
 
 def conditional_accuracy(log_probs: torch.Tensor, labels: torch.Tensor, subsets: list[list[int]]) -> float | None:

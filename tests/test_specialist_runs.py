@@ -9,7 +9,9 @@ from distill.config import load_config
 from distillery.cli import main
 from distillery.pipeline import run
 from specialists.clustering import read_subsets, subsets_path
-from specialists.specialist import specialist_labels
+from distill.data import load_synthetic
+from specialists.specialist import specialist_data, specialist_labels
+from specialists.training import COMPUTE_MATCHED, matched_epochs
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +78,28 @@ def test_specialists_train_in_parallel_on_the_ray_cluster(ray_cluster, finished,
     local = run_metrics(finished)
     for name in ("generalist", "specialists"):  # the same seeds give the same models wherever they train
         assert metrics.models[name].errors == local.models[name].errors
+
+
+def test_soft_target_specialists_and_the_compute_matched_control(tmp_path):
+    out = tmp_path / "run"
+    extra = ["cluster.executor=local", "specialists.compute_matched=true",
+             "specialists.loss={temperature: 2.0, w_soft: 0.5, w_hard: 0.5}"]
+    assert main(["run", "--out", str(out), *set_args([*SPECIALISTS, *extra])]) == 0
+    metrics = run_metrics(out)
+    control = metrics.specialists.compute_matched
+    specialist_examples = sum(len(specialist_data(load_synthetic(None, classes=24, groups=4, dim=16,
+                                                                 train_per_class=30, test_per_class=10,
+                                                                 noise=2.0).y_train, subset,
+                                                  metrics.run.seeds[f"specialist_{m}"]).indices)
+                              for m, subset in enumerate(metrics.specialists.clustering.subsets))
+    assert control.example_epochs == 3 * specialist_examples
+    assert control.epochs == matched_epochs(control.example_epochs, 24 * 30)
+    assert control.top1.generalist == metrics.models[COMPUTE_MATCHED].accuracy
+    assert control.top1.combined == metrics.models["specialists"].accuracy
+    assert len(metrics.history[COMPUTE_MATCHED]) == control.epochs
+    _, payload = load_checkpoint(out / "specialist_0.pt")
+    assert payload["config"]["specialists"]["loss"]["w_soft"] == 0.5
+    assert "against the generalist trained" in (out / "report.md").read_text()
 
 
 def test_specialist_labels_map_subset_positions_and_dustbin():

@@ -3,13 +3,15 @@ import math
 import pytest
 import torch
 
-from distill.config import TrainConfig
+from distill.config import ModelSpec, TrainConfig, load_config
 from distill.data import load_synthetic
 from distill.models import create_model
 from distill.train import predict_logits, train
 from specialists.covariance import CovarianceAccumulator, confusion_affinity
 from specialists.specialist import corrected_logits, dustbin_shift, output_layer, specialist_data, specialist_state
+from ensembles.jobs import TrainedModel
 from specialists.subsets import adjusted_rand_index, find_subsets
+from specialists.training import compute_matched_job, folded_targets, matched_epochs, specialist_jobs
 
 
 def _probs(rows: int, classes: int, seed: int = 0) -> torch.Tensor:
@@ -141,3 +143,35 @@ def test_dustbin_correction_restores_the_natural_share_of_non_special_examples()
     corrected = corrected_logits(logits, dustbin_shift(natural, data.special_share))
     assert torch.softmax(logits, 1)[:, -1].mean().item() < true_share - 0.05  # measured: 0.717 against 0.8
     assert torch.softmax(corrected, 1)[:, -1].mean().item() == pytest.approx(true_share, abs=0.02)
+
+
+def _trained(model: torch.nn.Module, spec_kwargs: dict) -> TrainedModel:
+    return TrainedModel("generalist", model, ModelSpec("mlp", spec_kwargs), None, "sum", 0, 20, (16,), "fp32")
+
+
+def test_folded_targets_are_the_generalists_distribution_over_subset_and_dustbin(grouped_data, generalist):
+    subset, temperature = [1, 5, 9, 13], 3.0
+    targets = folded_targets(_trained(generalist, {"hidden": [32]}), grouped_data.x_test, subset, temperature)
+    folded = torch.softmax(targets.logits / temperature, dim=1)  # what the training loop makes of them at T
+    probs = torch.softmax(predict_logits(generalist, grouped_data.x_test) / temperature, dim=1)
+    torch.testing.assert_close(folded[:, :-1], probs[:, subset])
+    torch.testing.assert_close(folded[:, -1], 1 - probs[:, subset].sum(1))
+
+
+def test_specialist_jobs_carry_soft_targets_and_the_example_epochs_of_the_control(grouped_data, generalist):
+    config = load_config(overrides=["specialists.count=2", "specialists.loss={temperature: 2.0, w_soft: 0.5, "
+                                    "w_hard: 0.5}", "specialists.train.epochs=3"])
+    subsets = [[0, 4, 8, 12, 16], [1, 5, 9, 13, 17]]
+    planned = specialist_jobs(config, subsets, _trained(generalist, {"hidden": [32]}), grouped_data,
+                              lambda name: 7, lambda more: "inputs")
+    for job, data in planned.jobs:
+        assert job.weights == config.specialists.loss and data.targets.logits.shape == (len(data.labels), 6)
+    assert planned.example_epochs == 3 * sum(len(data.labels) for _, data in planned.jobs) == 3 * 2 * 600
+    hard = specialist_jobs(load_config(overrides=["specialists.count=2"]), subsets,
+                           _trained(generalist, {"hidden": [32]}), grouped_data, lambda name: 7, lambda more: "x")
+    assert all(data.targets is None for _, data in hard.jobs)  # the paper's hard-label specialists by default
+    job, data = compute_matched_job(config, _trained(generalist, {"hidden": [32]}), grouped_data,
+                                    planned.example_epochs, 3, "inputs")
+    assert job.train.epochs == matched_epochs(3600, 1200) == 3 and len(data.labels) == 1200
+    assert all(torch.equal(value, generalist.state_dict()[key]) for key, value in job.initial_state.items())
+    assert matched_epochs(100, 1200) == 1  # never less than one epoch
