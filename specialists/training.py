@@ -54,7 +54,8 @@ def specialist_jobs(config: RunConfig, subsets: list[list[int]], generalist: Tra
         seed = seed_of(name)
         chosen = specialist_data(data.y_train, subset, seed)
         inputs = data.x_train[chosen.indices.to(data.x_train.device)]
-        targets = folded_targets(generalist, inputs, subset, settings.loss.temperature) if settings.loss.w_soft else None
+        soft = settings.loss.w_soft > 0
+        targets = folded_targets(generalist, inputs, subset, settings.loss.temperature) if soft else None
         job = TrainJob(name, generalist.spec, settings.train, seed, len(subset) + 1, data.input_shape, settings.loss,
                        to_dict(config), specialist_state(generalist.model, subset, init_inputs),
                        inputs_of({"subset": subset}))

@@ -20,7 +20,8 @@ def _parts(classes: int, subsets: list[list[int]], rows: int, top_n: int, seed: 
     for m, subset in enumerate(subsets):
         membership[m, subset] = True
     active = active_specialists(generalist, membership, top_n)
-    outputs = {m: _softmax(int(active[:, m].sum()), len(subset) + 1, generator, 2.0) for m, subset in enumerate(subsets)}
+    outputs = {m: _softmax(int(active[:, m].sum()), len(subset) + 1, generator, 2.0)
+               for m, subset in enumerate(subsets)}
     return generalist, active, outputs
 
 
