@@ -162,6 +162,77 @@ def load_synthetic(root: Path, download: bool = False, classes: int = 100, group
     return Dataset("synthetic", x_train, y_train, x_test, y_test, num_classes=classes, groups=group_of_class)
 
 
+ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@register_dataset("arrays")
+def load_arrays(root: Path, download: bool = False, path: str | None = None) -> Dataset:
+    """Your own data as one NumPy `.npz` file (docs/own-data.md): `x_train`, `y_train`, `x_test`, `y_test`, and
+    optionally `groups` (one coarse group id per class, for the clustering's adjusted Rand index) and
+    `class_names` (one per class: they fix the class count). Inputs are images N x H x W or N x C x H x W, or
+    vectors N x D; uint8 is scaled to [0, 1], floats are kept. Labels are integers 0..C-1. Other keys are ignored.
+
+    A relative `path` is looked up in the current folder, then under the data root.
+    """
+    if not path:
+        raise ConfigError("data.options.path is required for data.name=arrays: the .npz file to read")
+    file = Path(path)
+    if not file.is_absolute() and not file.exists():
+        file = root / file
+    if not file.is_file():
+        raise DataError(f"data.options.path: no file {path} (looked in the current folder and under {root})")
+    try:
+        with np.load(file, allow_pickle=False) as bundle:
+            missing = [key for key in ARRAY_KEYS if key not in bundle.files]
+            if missing:
+                raise DataError(f"{file} has no {', '.join(missing)} (an arrays file needs {', '.join(ARRAY_KEYS)})")
+            arrays = {key: bundle[key] for key in (*ARRAY_KEYS, "groups", "class_names") if key in bundle.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise DataError(f"{file} cannot be read as a NumPy .npz file ({error})") from None
+    x_train, x_test = (_array_inputs(arrays[key], key, file) for key in ("x_train", "x_test"))
+    y_train, y_test = (_array_labels(arrays[key], key, file) for key in ("y_train", "y_test"))
+    for inputs, labels, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+        if len(inputs) != len(labels) or not len(labels):
+            raise DataError(f"{file}: x_{split} has {len(inputs)} rows and y_{split} {len(labels)}; they must match "
+                            "and not be empty")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"{file}: x_train rows are {tuple(x_train.shape[1:])} but x_test rows "
+                        f"{tuple(x_test.shape[1:])}")
+    largest = int(max(y_train.max(), y_test.max()))
+    num_classes = len(arrays["class_names"]) if "class_names" in arrays else largest + 1
+    if largest >= num_classes:
+        raise DataError(f"{file}: label {largest} is outside 0..{num_classes - 1} (class_names has {num_classes})")
+    groups = None
+    if "groups" in arrays:
+        groups = _array_labels(arrays["groups"], "groups", file)
+        if len(groups) != num_classes:
+            raise DataError(f"{file}: groups has {len(groups)} entries, one per class needs {num_classes}")
+    return Dataset(file.stem, x_train, y_train, x_test, y_test, num_classes, groups)
+
+
+def _array_inputs(array: np.ndarray, key: str, file: Path) -> torch.Tensor:
+    """Inputs as float32: images get a channel axis when they have none, uint8 is scaled to [0, 1]."""
+    if array.dtype == np.uint8:
+        inputs = torch.from_numpy(array).float().div_(255.0)
+    elif np.issubdtype(array.dtype, np.floating):
+        inputs = torch.from_numpy(array.astype(np.float32, copy=False))
+        if not torch.isfinite(inputs).all():
+            raise DataError(f"{file}: {key} holds NaN or infinite values")
+    else:
+        raise DataError(f"{file}: {key} is {array.dtype}; inputs must be uint8 or floating point")
+    if array.ndim not in (2, 3, 4):
+        raise DataError(f"{file}: {key} has shape {array.shape}; expected N x D, N x H x W or N x C x H x W")
+    return inputs.unsqueeze(1) if array.ndim == 3 else inputs
+
+
+def _array_labels(array: np.ndarray, key: str, file: Path) -> torch.Tensor:
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{file}: {key} must be one integer per row, got {array.dtype} of shape {array.shape}")
+    if len(array) and array.min() < 0:
+        raise DataError(f"{file}: {key} holds {int(array.min())}; labels and groups must be >= 0")
+    return torch.from_numpy(array.astype(np.int64))
+
+
 @register_dataset("omniglot")
 def load_omniglot(root: Path, download: bool = False, subset: str = "background", size: int = 28,
                   train_per_class: int = 15) -> Dataset:

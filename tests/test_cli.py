@@ -162,13 +162,16 @@ def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsy
      "data.options: synthetic data of classes=1,000,000,000,000 x (train_per_class=50 + test_per_class=20) x dim=64"),
     (["--set", "bias.fixed={1: 1e308}"], "bias.fixed.1 must be within +-1000, got 1e+308"),
     (["--set", "data.name=synthetic", "--set", "data.options={classes: abc}"], "option 'classes' must be int"),
+    (["--set", "data.name=arrays"], "data.options.path is required for data.name=arrays"),
+    (["--set", "data.name=arrays", "--set", "data.options.path={tmp}/missing.npz"], "no file {tmp}/missing.npz"),
+    (["--set", "data.name=arrays", "--set", "data.options.path={tmp}/broken.yaml"], "cannot be read as a NumPy"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, data_root, args, message):
     _make_bad_files(tmp_path)
     out = tmp_path / "out"
     args = [a.replace("{tmp}", str(tmp_path)).replace("{shared}", str(data_root)) for a in args]
     assert main(["run", "--out", str(out), *args]) == 2
-    _assert_one_line(capsys.readouterr().err, message)
+    _assert_one_line(capsys.readouterr().err, message.replace("{tmp}", str(tmp_path)))
     assert not out.exists()  # refused before anything was written
 
 

@@ -1,5 +1,7 @@
+import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,3 +133,62 @@ def test_empty_transfer_set_and_bad_class_are_config_errors():
         make_transfer_set(labels, 3, keep_classes=[2])
     with pytest.raises(ConfigError, match="class 5"):
         make_transfer_set(labels, 3, omit_classes=[5])
+
+
+def _arrays_file(path, **replace):
+    """A small arrays file: 3 classes of 4 x 5 uint8 images, groups and class names; `replace` swaps or drops
+    (None) keys."""
+    generator = np.random.default_rng(0)
+    arrays = {"x_train": generator.integers(0, 256, (12, 4, 5), dtype=np.uint8), "y_train": np.arange(12) % 3,
+              "x_test": generator.integers(0, 256, (6, 4, 5), dtype=np.uint8), "y_test": np.arange(6) % 3,
+              "groups": np.array([0, 0, 1]), "class_names": np.array(["a", "b", "c"])}
+    arrays.update(replace)
+    np.savez(path, **{key: value for key, value in arrays.items() if value is not None})
+    return path
+
+
+def test_arrays_file_images_vectors_and_groups(tmp_path):
+    file = _arrays_file(tmp_path / "mine.npz")
+    data = load_dataset("arrays", tmp_path / "elsewhere", {"path": str(file)})
+    assert data.name == "mine" and data.num_classes == 3 and data.input_shape == (1, 4, 5)
+    assert data.x_train.dtype == torch.float32 and 0 <= data.x_train.min() and data.x_train.max() <= 1
+    with np.load(file) as raw:
+        torch.testing.assert_close(data.x_test[:, 0], torch.from_numpy(raw["x_test"]).float() / 255)
+    assert data.groups.tolist() == [0, 0, 1] and data.y_train.dtype == torch.int64
+    vectors = _arrays_file(tmp_path / "vectors.npz", x_train=np.ones((12, 7), np.float64),
+                           x_test=np.zeros((6, 7), np.float32), groups=None, class_names=None)
+    data = load_dataset("arrays", tmp_path, {"path": "vectors.npz"})  # relative: found under the data root
+    assert data.input_shape == (7,) and data.groups is None and data.x_train.max() == 1.0
+
+
+def test_emnist_is_an_arrays_file(data_root):
+    data = load_dataset("arrays", data_root, {"path": "emnist/emnist47_union.npz"})
+    assert data.num_classes == 47 and data.input_shape == (1, 28, 28)
+    assert (len(data.y_train), len(data.y_test)) == (183_743, 32_425)
+
+
+@pytest.mark.parametrize("replace, message", [
+    ({"y_train": None}, "has no y_train"),
+    ({"y_test": np.array([0, 1, 2, 3, 0, 1])}, "label 3 is outside 0..2"),
+    ({"y_train": -(np.arange(12) % 3)}, "y_train holds -2"),
+    ({"y_train": np.arange(11) % 3}, "x_train has 12 rows and y_train 11"),
+    ({"x_test": np.zeros((6, 4, 4), np.uint8)}, "x_train rows are (1, 4, 5) but x_test rows (1, 4, 4)"),
+    ({"x_train": np.full((12, 4, 5), np.nan)}, "x_train holds NaN"),
+    ({"x_train": np.zeros((12, 4, 5), np.int32)}, "x_train is int32"),
+    ({"y_train": np.zeros(12)}, "y_train must be one integer per row"),
+    ({"groups": np.array([0, 1])}, "groups has 2 entries"),
+])
+def test_bad_arrays_files_name_the_problem(tmp_path, replace, message):
+    file = _arrays_file(tmp_path / "bad.npz", **replace)
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_dataset("arrays", tmp_path, {"path": str(file)})
+
+
+def test_arrays_path_missing_unreadable_or_not_given(tmp_path):
+    with pytest.raises(ConfigError, match="data.options.path is required"):
+        load_dataset("arrays", tmp_path, {})
+    with pytest.raises(DataError, match="no file nowhere.npz"):
+        load_dataset("arrays", tmp_path, {"path": "nowhere.npz"})
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(DataError, match="cannot be read as a NumPy .npz file"):
+        load_dataset("arrays", tmp_path, {"path": str(tmp_path / "text.npz")})
