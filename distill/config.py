@@ -241,7 +241,7 @@ class SpecialistsConfig:
     folded into the subset's classes plus the dustbin (the paper's "soft targets as regularizers", which it
     proposed and left untried); `dustbin_correction` then adds the prior-shift correction to the dustbin logit.
     `compute_matched` also trains the control every specialist gain should beat: the generalist trained on, with
-    the specialists' settings, for as many example-epochs as all its specialists together. At inference a
+    its own settings, for as many example-epochs as all its specialists together. At inference a
     specialist is active when its subset holds one of the generalist's `top_n` classes, and eq. 5 is solved by
     `solver` ("em" or "gradient"). The combined
     distributions are the student's soft targets; `targets_top_k` stores only each row's k largest probabilities
