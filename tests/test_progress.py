@@ -47,4 +47,4 @@ def test_a_run_on_a_terminal_announces_its_stages(tmp_path, capsys):
     stages = [line.removeprefix("distillery: ") for line in err.splitlines() if line.startswith("distillery: ")]
     assert stages == ["teachers", "clustering", "specialists", "soft targets", "student", "baseline",
                       "evaluation and report"]
-    assert "specialists: 100%" in err and "2/2 done" in err
+    assert "specialists: 100%" in err and "3/3 done" in err  # two specialists and the compute-matched control
