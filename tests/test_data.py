@@ -155,8 +155,8 @@ def test_arrays_file_images_vectors_and_groups(tmp_path):
     with np.load(file) as raw:
         torch.testing.assert_close(data.x_test[:, 0], torch.from_numpy(raw["x_test"]).float() / 255)
     assert data.groups.tolist() == [0, 0, 1] and data.y_train.dtype == torch.int64
-    vectors = _arrays_file(tmp_path / "vectors.npz", x_train=np.ones((12, 7), np.float64),
-                           x_test=np.zeros((6, 7), np.float32), groups=None, class_names=None)
+    _arrays_file(tmp_path / "vectors.npz", x_train=np.ones((12, 7), np.float64),
+                 x_test=np.zeros((6, 7), np.float32), groups=None, class_names=None)
     data = load_dataset("arrays", tmp_path, {"path": "vectors.npz"})  # relative: found under the data root
     assert data.input_shape == (7,) and data.groups is None and data.x_train.max() == 1.0
 
