@@ -7,6 +7,7 @@ int64 labels, and, where the data set knows one, the coarse group of each class.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import zipfile
@@ -20,6 +21,7 @@ import torch
 from distill.config import check_arguments
 from distill.errors import ConfigError, DataError
 from distill.memory import check_fits
+from distill.plugins import is_plugin, load_plugin
 from distill.storage import atomic_torch_save, cache_home, fingerprint, sha256_tensor
 
 log = logging.getLogger(__name__)
@@ -73,13 +75,50 @@ def resolve_data_root(cli_root: str | None) -> Path:
 
 
 def load_dataset(name: str, root: Path, options: dict | None = None, download: bool = False) -> Dataset:
-    """Load the registered data set `name` with its options, which are checked against the loader's signature."""
-    if name not in _LOADERS:
-        raise ConfigError(f"unknown data set '{name}' in data.name (known: {', '.join(dataset_names())})")
-    loader = _LOADERS[name]
+    """Load data set `name` with its options, which are checked against the loader's signature: a registered
+    name, or "package.module:function", the user's loader (docs/own-data.md#plug-in-loaders), given `root` and
+    `download` where it takes them, whose result is checked like an arrays file."""
     options = dict(options or {})
+    if is_plugin(name):
+        loader = load_plugin(name, "data.name")
+        check_arguments(loader, options, {"root", "download"}, "option", f"in data.options for '{name}'")
+        accepted = inspect.signature(loader).parameters
+        given = {key: value for key, value in (("root", Path(root)), ("download", download)) if key in accepted}
+        data = loader(**given, **options)
+        if not isinstance(data, Dataset):
+            raise DataError(f"data.name={name!r} returned {type(data).__name__}, not a distill.data.Dataset")
+        return check_dataset(data, name)
+    if name not in _LOADERS:
+        raise ConfigError(f"unknown data set '{name}' in data.name (known: {', '.join(dataset_names())}, or "
+                          "package.module:function)")
+    loader = _LOADERS[name]
     check_arguments(loader, options, {"root", "download"}, "option", f"in data.options for '{name}'")
     return loader(root=Path(root), download=download, **options)
+
+
+def check_dataset(data: Dataset, source: str) -> Dataset:
+    """`data` if it keeps the Dataset contract, else a DataError naming `source`: float inputs, finite, with
+    train and test rows of one shape; int64 labels in 0..num_classes-1, one per input row; a group per class."""
+    for split in ("train", "test"):
+        inputs, labels = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if not inputs.is_floating_point() or labels.dtype != torch.int64 or labels.dim() != 1:
+            raise DataError(f"{source}: x_{split} must be a float tensor and y_{split} an int64 vector, got "
+                            f"{inputs.dtype} and {labels.dtype} of {labels.dim()} dimensions")
+        if len(inputs) != len(labels) or not len(labels):
+            raise DataError(f"{source}: x_{split} has {len(inputs)} rows and y_{split} {len(labels)}; they must "
+                            "match and not be empty")
+        if not torch.isfinite(inputs).all():
+            raise DataError(f"{source}: x_{split} holds NaN or infinite values")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= data.num_classes:
+            raise DataError(f"{source}: label {low if low < 0 else high} of y_{split} is outside "
+                            f"0..{data.num_classes - 1}")
+    if data.x_train.shape[1:] != data.x_test.shape[1:]:
+        raise DataError(f"{source}: x_train rows are {tuple(data.x_train.shape[1:])} but x_test rows "
+                        f"{tuple(data.x_test.shape[1:])}")
+    if data.groups is not None and len(data.groups) != data.num_classes:
+        raise DataError(f"{source}: groups has {len(data.groups)} entries, one per class needs {data.num_classes}")
+    return data
 
 
 def _images(uint8: torch.Tensor) -> torch.Tensor:
@@ -191,23 +230,10 @@ def load_arrays(root: Path, download: bool = False, path: str | None = None) -> 
         raise DataError(f"{file} cannot be read as a NumPy .npz file ({error})") from None
     x_train, x_test = (_array_inputs(arrays[key], key, file) for key in ("x_train", "x_test"))
     y_train, y_test = (_array_labels(arrays[key], key, file) for key in ("y_train", "y_test"))
-    for inputs, labels, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
-        if len(inputs) != len(labels) or not len(labels):
-            raise DataError(f"{file}: x_{split} has {len(inputs)} rows and y_{split} {len(labels)}; they must match "
-                            "and not be empty")
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise DataError(f"{file}: x_train rows are {tuple(x_train.shape[1:])} but x_test rows "
-                        f"{tuple(x_test.shape[1:])}")
-    largest = int(max(y_train.max(), y_test.max()))
+    groups = _array_labels(arrays["groups"], "groups", file) if "groups" in arrays else None
+    largest = int(max(y_train.max(), y_test.max())) if len(y_train) and len(y_test) else 0
     num_classes = len(arrays["class_names"]) if "class_names" in arrays else largest + 1
-    if largest >= num_classes:
-        raise DataError(f"{file}: label {largest} is outside 0..{num_classes - 1} (class_names has {num_classes})")
-    groups = None
-    if "groups" in arrays:
-        groups = _array_labels(arrays["groups"], "groups", file)
-        if len(groups) != num_classes:
-            raise DataError(f"{file}: groups has {len(groups)} entries, one per class needs {num_classes}")
-    return Dataset(file.stem, x_train, y_train, x_test, y_test, num_classes, groups)
+    return check_dataset(Dataset(file.stem, x_train, y_train, x_test, y_test, num_classes, groups), str(file))
 
 
 def _array_inputs(array: np.ndarray, key: str, file: Path) -> torch.Tensor:
@@ -216,8 +242,6 @@ def _array_inputs(array: np.ndarray, key: str, file: Path) -> torch.Tensor:
         inputs = torch.from_numpy(array).float().div_(255.0)
     elif np.issubdtype(array.dtype, np.floating):
         inputs = torch.from_numpy(array.astype(np.float32, copy=False))
-        if not torch.isfinite(inputs).all():
-            raise DataError(f"{file}: {key} holds NaN or infinite values")
     else:
         raise DataError(f"{file}: {key} is {array.dtype}; inputs must be uint8 or floating point")
     if array.ndim not in (2, 3, 4):
@@ -228,8 +252,6 @@ def _array_inputs(array: np.ndarray, key: str, file: Path) -> torch.Tensor:
 def _array_labels(array: np.ndarray, key: str, file: Path) -> torch.Tensor:
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise DataError(f"{file}: {key} must be one integer per row, got {array.dtype} of shape {array.shape}")
-    if len(array) and array.min() < 0:
-        raise DataError(f"{file}: {key} holds {int(array.min())}; labels and groups must be >= 0")
     return torch.from_numpy(array.astype(np.int64))
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from distill.config import check_arguments
 from distill.errors import ConfigError
+from distill.plugins import is_plugin, load_plugin
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -26,12 +27,54 @@ def model_names() -> list[str]:
 
 
 def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
-    """Build a registered architecture; unknown names and keyword arguments are config errors."""
-    if name not in _MODELS:
-        raise ConfigError(f"unknown model '{name}' in model.name (known: {', '.join(model_names())})")
-    builder = _MODELS[name]
+    """Build an architecture (docs/own-data.md#models): a registered name, "torchvision:NAME" (any torchvision
+    classification model, adapted to the data, no pretrained weights) or "package.module:Builder" (the user's
+    callable taking num_classes, input_shape and its kwargs). Unknown names and arguments are config errors."""
+    if name.startswith("torchvision:"):
+        return torchvision_model(name.removeprefix("torchvision:"), num_classes, tuple(input_shape), **kwargs)
+    if is_plugin(name):
+        builder = load_plugin(name, "model.name")
+    elif name in _MODELS:
+        builder = _MODELS[name]
+    else:
+        raise ConfigError(f"unknown model '{name}' in model.name (known: {', '.join(model_names())}, "
+                          "torchvision:NAME or package.module:Builder)")
     check_arguments(builder, kwargs, {"num_classes", "input_shape"}, "argument", f"in model.kwargs for '{name}'")
-    return builder(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
+    model = builder(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.name={name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+SMALL_IMAGE = 64  # below this side, a torchvision model's stem is the CIFAR one: 3 x 3, stride 1, no max-pool
+
+
+def torchvision_model(name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
+    """torchvision's classification model `name` with `num_classes` outputs and random weights (nothing is
+    downloaded), adapted to the data: the first Conv2d takes the data's channels, and on images under 64 pixels
+    it becomes 3 x 3 with stride 1 and a `maxpool` attribute (ResNet's stem) is removed, as ResNets are run on
+    CIFAR; without that, 28 x 28 inputs shrink to 1 x 1 before the last block."""
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ConfigError(f"model.name='torchvision:{name}': torchvision has no classification model {name!r}")
+    if len(input_shape) != 3:
+        raise ConfigError(f"model 'torchvision:{name}' needs image inputs (C x H x W), got input shape {input_shape}")
+    try:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model 'torchvision:{name}' with kwargs {kwargs}: {error}") from None
+    stem_name, stem = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
+    if stem is None:
+        raise ConfigError(f"model 'torchvision:{name}' has no Conv2d to adapt to images")
+    small = max(input_shape[1:]) < SMALL_IMAGE
+    if small or stem.in_channels != input_shape[0]:
+        kernel, stride, padding = ((3, 3), (1, 1), (1, 1)) if small else (stem.kernel_size, stem.stride, stem.padding)
+        replacement = nn.Conv2d(input_shape[0], stem.out_channels, kernel, stride, padding, bias=stem.bias is not None)
+        model.set_submodule(stem_name, replacement)
+        if small and isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+            model.maxpool = nn.Identity()
+    return model
 
 
 def freeze(model: nn.Module) -> nn.Module:

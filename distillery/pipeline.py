@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from distill.config import RunConfig
+from distill.config import ModelSpec, RunConfig
 from distill.data import Dataset, load_dataset, make_transfer_set
 from distill.errors import ConfigError
 from distill.memory import check_fits
@@ -37,6 +37,7 @@ from distillery.soft_targets import soft_targets
 from distillery.teachers import load_teacher, train_specialists, train_teachers
 from ensembles.fanout import task_resources
 from ensembles.ray_connection import ray_session
+from specialists.specialist import output_layer
 
 
 def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = False, progress: bool = False,
@@ -93,6 +94,34 @@ def _uses_ray(config: RunConfig, address: str | None) -> bool:
     return config.cluster.executor == "ray" and (parallel or address is not None)
 
 
+def _shapes_only(spec: ModelSpec, data: Dataset) -> torch.nn.Module:
+    """The model of `spec` for the data, built on the meta device (shapes only: a model too large for the machine
+    is refused, not allocated) and checked to map inputs to one logit per class. A user's builder that computes
+    with tensors while it builds cannot run there; it is built on the CPU instead."""
+    try:
+        with torch.device("meta"):
+            model = create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs)
+    except ConfigError:
+        raise
+    except Exception:  # a user's builder may fail on meta tensors in any way; on the CPU it either builds or says why
+        model = create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs)
+    device = next(model.parameters(), torch.empty(0)).device
+    with torch.device(device):
+        _check_output_shape(model, data)
+    return model
+
+
+def _check_output_shape(model: torch.nn.Module, data: Dataset) -> None:
+    """A model built for the data maps a batch of its inputs to one logit per class."""
+    try:
+        shape = tuple(model.eval()(torch.zeros((2, *data.input_shape))).shape)
+    except Exception as error:  # a user's model can fail on a wrong input shape in any way
+        raise ConfigError(f"the model does not run on inputs of shape {data.input_shape} "
+                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    if shape != (2, data.num_classes):
+        raise ConfigError(f"the model maps a batch of 2 inputs to shape {shape}, not (2, {data.num_classes})")
+
+
 def _check_against_data(config: RunConfig, data: Dataset) -> None:
     """Fail before hours of training when the config cannot fit the data: class ids and model arguments."""
     for cls in config.bias.fixed:
@@ -102,11 +131,12 @@ def _check_against_data(config: RunConfig, data: Dataset) -> None:
              **{f"ensemble.models[{i}]": spec for i, spec in enumerate(config.ensemble.models)}}
     for key, spec in specs.items():
         try:
-            with torch.device("meta"):  # shapes only: a model too large for the machine is refused, not allocated
-                model = create_model(spec.name, data.num_classes, data.input_shape, **spec.kwargs)
+            model = _shapes_only(spec, data)
             parameters = sum(parameter.numel() for parameter in model.parameters())
             # fp32 weights, gradients, momentum, and one more copy (bf16 weights or an average)
             check_fits(16 * parameters, f"{spec.name} {spec.kwargs}, {parameters:,} parameters,")
+            if key == "teacher.model" and config.specialists.count:
+                output_layer(model)  # specialists replace its rows: refuse a model without one now
         except ConfigError as error:
             raise ConfigError(f"{key}: {error}") from None
     specialists, classes = config.specialists, data.num_classes

@@ -10,14 +10,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from distill.errors import ConfigError
 from distill.train import predict_logits
 
 
 def output_layer(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The name and module of the last nn.Linear: the layer whose rows are the class logits."""
+    """The name and module of the last nn.Linear registered in the model: the layer whose rows are the class
+    logits. The rule holds for the built-in models, torchvision's classifiers and any model whose last Linear
+    produces its logits directly (docs/own-data.md#models); a model without a Linear is refused."""
     linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear output layer to specialise")
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear output layer for specialists to replace")
     return linears[-1]
 
 

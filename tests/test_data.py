@@ -169,8 +169,8 @@ def test_emnist_is_an_arrays_file(data_root):
 
 @pytest.mark.parametrize("replace, message", [
     ({"y_train": None}, "has no y_train"),
-    ({"y_test": np.array([0, 1, 2, 3, 0, 1])}, "label 3 is outside 0..2"),
-    ({"y_train": -(np.arange(12) % 3)}, "y_train holds -2"),
+    ({"y_test": np.array([0, 1, 2, 3, 0, 1])}, "label 3 of y_test is outside 0..2"),
+    ({"y_train": -(np.arange(12) % 3)}, "label -2 of y_train is outside 0..2"),
     ({"y_train": np.arange(11) % 3}, "x_train has 12 rows and y_train 11"),
     ({"x_test": np.zeros((6, 4, 4), np.uint8)}, "x_train rows are (1, 4, 5) but x_test rows (1, 4, 4)"),
     ({"x_train": np.full((12, 4, 5), np.nan)}, "x_train holds NaN"),
