@@ -20,6 +20,7 @@ import torch
 
 from distill.config import check_arguments
 from distill.errors import ConfigError, DataError
+from distill.image_folder import read_folder, split_per_class
 from distill.memory import check_fits
 from distill.plugins import is_plugin, load_plugin
 from distill.storage import atomic_torch_save, cache_home, fingerprint, sha256_tensor
@@ -74,16 +75,18 @@ def resolve_data_root(cli_root: str | None) -> Path:
     return root
 
 
-def load_dataset(name: str, root: Path, options: dict | None = None, download: bool = False) -> Dataset:
+def load_dataset(name: str, data_root: Path, options: dict | None = None, download: bool = False) -> Dataset:
     """Load data set `name` with its options, which are checked against the loader's signature: a registered
-    name, or "package.module:function", the user's loader (docs/own-data.md#plug-in-loaders), given `root` and
-    `download` where it takes them, whose result is checked like an arrays file."""
+    name, or "package.module:function", the user's loader (docs/own-data.md#plug-in-loaders), given `data_root`
+    and `download` where it takes them, whose result is checked like an arrays file. Loaders take the data root
+    as `data_root`, so that an option may be called `root` (image_folder's)."""
     options = dict(options or {})
     if is_plugin(name):
         loader = load_plugin(name, "data.name")
-        check_arguments(loader, options, {"root", "download"}, "option", f"in data.options for '{name}'")
+        check_arguments(loader, options, {"data_root", "download"}, "option", f"in data.options for '{name}'")
         accepted = inspect.signature(loader).parameters
-        given = {key: value for key, value in (("root", Path(root)), ("download", download)) if key in accepted}
+        given = {key: value for key, value in (("data_root", Path(data_root)), ("download", download))
+                 if key in accepted}
         data = loader(**given, **options)
         if not isinstance(data, Dataset):
             raise DataError(f"data.name={name!r} returned {type(data).__name__}, not a distill.data.Dataset")
@@ -92,8 +95,8 @@ def load_dataset(name: str, root: Path, options: dict | None = None, download: b
         raise ConfigError(f"unknown data set '{name}' in data.name (known: {', '.join(dataset_names())}, or "
                           "package.module:function)")
     loader = _LOADERS[name]
-    check_arguments(loader, options, {"root", "download"}, "option", f"in data.options for '{name}'")
-    return loader(root=Path(root), download=download, **options)
+    check_arguments(loader, options, {"data_root", "download"}, "option", f"in data.options for '{name}'")
+    return loader(data_root=Path(data_root), download=download, **options)
 
 
 def check_dataset(data: Dataset, source: str) -> Dataset:
@@ -144,17 +147,17 @@ def _torchvision_idx(cls_name: str, folder: str, root: Path, download: bool) -> 
 
 
 @register_dataset("mnist")
-def load_mnist(root: Path, download: bool = False) -> Dataset:
-    return _torchvision_idx("MNIST", "MNIST", root, download)
+def load_mnist(data_root: Path, download: bool = False) -> Dataset:
+    return _torchvision_idx("MNIST", "MNIST", data_root, download)
 
 
 @register_dataset("fashion_mnist")
-def load_fashion_mnist(root: Path, download: bool = False) -> Dataset:
-    return _torchvision_idx("FashionMNIST", "FashionMNIST", root, download)
+def load_fashion_mnist(data_root: Path, download: bool = False) -> Dataset:
+    return _torchvision_idx("FashionMNIST", "FashionMNIST", data_root, download)
 
 
 @register_dataset("digits")
-def load_digits(root: Path, download: bool = False, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
+def load_digits(data_root: Path, download: bool = False, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1,797 images): no download, the embedded default's data."""
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
@@ -170,7 +173,7 @@ def load_digits(root: Path, download: bool = False, test_fraction: float = 0.25,
 
 
 @register_dataset("synthetic")
-def load_synthetic(root: Path, download: bool = False, classes: int = 100, groups: int = 10, dim: int = 64,
+def load_synthetic(data_root: Path, download: bool = False, classes: int = 100, groups: int = 10, dim: int = 64,
                    train_per_class: int = 50, test_per_class: int = 20, group_spread: float = 6.0,
                    class_spread: float = 1.5, noise: float = 1.0, seed: int = 0) -> Dataset:
     """A large label set with known confusable structure.
@@ -205,7 +208,7 @@ ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 @register_dataset("arrays")
-def load_arrays(root: Path, download: bool = False, path: str | None = None) -> Dataset:
+def load_arrays(data_root: Path, download: bool = False, path: str | None = None) -> Dataset:
     """Your own data as one NumPy `.npz` file (docs/own-data.md): `x_train`, `y_train`, `x_test`, `y_test`, and
     optionally `groups` (one coarse group id per class, for the clustering's adjusted Rand index) and
     `class_names` (one per class: they fix the class count). Inputs are images N x H x W or N x C x H x W, or
@@ -215,11 +218,9 @@ def load_arrays(root: Path, download: bool = False, path: str | None = None) -> 
     """
     if not path:
         raise ConfigError("data.options.path is required for data.name=arrays: the .npz file to read")
-    file = Path(path)
-    if not file.is_absolute() and not file.exists():
-        file = root / file
+    file = _local_or_under(path, data_root)
     if not file.is_file():
-        raise DataError(f"data.options.path: no file {path} (looked in the current folder and under {root})")
+        raise DataError(f"data.options.path: no file {path} (looked in the current folder and under {data_root})")
     try:
         with np.load(file, allow_pickle=False) as bundle:
             missing = [key for key in ARRAY_KEYS if key not in bundle.files]
@@ -255,8 +256,50 @@ def _array_labels(array: np.ndarray, key: str, file: Path) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.int64))
 
 
+@register_dataset("image_folder")
+def load_image_folder(data_root: Path, download: bool = False, root: str | None = None, size: int = 32,
+                      channels: int = 3, test_root: str | None = None, test_fraction: float = 0.2, seed: int = 0,
+                      mean: list[float] | None = None, std: list[float] | None = None) -> Dataset:
+    """Images in class folders (distill/image_folder.py; docs/own-data.md): `root/CLASS/*` or
+    `root/GROUP/CLASS/*` (groups then score the clustering), resized to `size` x `size` with `channels` 1 or 3.
+    The test set is `test_root` (the same classes), else a seeded `test_fraction` of each class. Inputs are
+    normalised per channel with `mean` and `std`, computed from the training images when not given. Relative
+    folders are looked up in the current folder, then under the data root."""
+    if not root:
+        raise ConfigError("data.options.root is required for data.name=image_folder: the folder of class folders")
+    if channels not in (1, 3):
+        raise ConfigError(f"data.options.channels must be 1 or 3, got {channels}")
+    if size < 1 or not 0 < test_fraction < 1:
+        raise ConfigError(f"data.options: size must be >= 1 and test_fraction in (0, 1), got {size}, {test_fraction}")
+    train = read_folder(_local_or_under(root, data_root), size, channels)
+    if test_root:
+        test = read_folder(_local_or_under(test_root, data_root), size, channels)
+        if test.classes != train.classes:
+            differ = sorted(set(train.classes) ^ set(test.classes))
+            raise DataError(f"the classes of data.options.root and test_root differ: {', '.join(differ[:5])}"
+                            + (f" and {len(differ) - 5} more" if len(differ) > 5 else ""))
+        x_train, y_train, x_test, y_test = train.images, train.labels, test.images, test.labels
+    else:
+        held_out = split_per_class(train.labels, test_fraction, seed)
+        x_train, y_train = train.images[~held_out], train.labels[~held_out]
+        x_test, y_test = train.images[held_out], train.labels[held_out]
+    centre = torch.tensor(mean) if mean is not None else x_train.mean(dim=(0, 2, 3))
+    scale = torch.tensor(std) if std is not None else x_train.std(dim=(0, 2, 3))
+    if len(centre) != channels or len(scale) != channels or not (scale > 0).all():
+        raise ConfigError(f"data.options: mean and std need {channels} values each, std > 0; got {mean}, {std}")
+    centre, scale = centre[:, None, None], scale[:, None, None]
+    return check_dataset(Dataset(Path(root).name, (x_train - centre) / scale, y_train, (x_test - centre) / scale,
+                                 y_test, len(train.classes), train.groups), str(root))
+
+
+def _local_or_under(path: str, data_root: Path) -> Path:
+    """`path` as given when it exists (or is absolute), else under the data root."""
+    given = Path(path)
+    return given if given.is_absolute() or given.exists() else data_root / given
+
+
 @register_dataset("omniglot")
-def load_omniglot(root: Path, download: bool = False, subset: str = "background", size: int = 28,
+def load_omniglot(data_root: Path, download: bool = False, subset: str = "background", size: int = 28,
                   train_per_class: int = 15) -> Dataset:
     """Omniglot characters as classes, resized to `size` x `size`; the alphabet of each class is its group.
 
@@ -275,7 +318,7 @@ def load_omniglot(root: Path, download: bool = False, subset: str = "background"
     if cached.is_file():
         tensors = torch.load(cached, weights_only=True)
     else:
-        folders = [_omniglot_folder(root, name) for name in subsets[subset]]
+        folders = [_omniglot_folder(data_root, name) for name in subsets[subset]]
         tensors = _read_omniglot(folders, size)
         atomic_torch_save(cached, tensors)
     images, labels, groups = tensors["images"], tensors["labels"], tensors["groups"]

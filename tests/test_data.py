@@ -1,5 +1,6 @@
 import re
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -192,3 +193,62 @@ def test_arrays_path_missing_unreadable_or_not_given(tmp_path):
     (tmp_path / "text.npz").write_text("not a zip")
     with pytest.raises(DataError, match="cannot be read as a NumPy .npz file"):
         load_dataset("arrays", tmp_path, {"path": str(tmp_path / "text.npz")})
+
+
+def _omniglot_pngs(data_root, target, alphabets=2, characters=2, levels=2):
+    """Real Omniglot PNGs from the shared zip as an image folder: `target/ALPHABET/CHARACTER/*.png` (two levels) or
+    `target/ALPHABET_CHARACTER/*.png` (one)."""
+    with zipfile.ZipFile(data_root / "omniglot-background.zip") as bundle:
+        names = [name for name in bundle.namelist() if name.endswith(".png")]
+        chosen_alphabets = sorted({name.split("/")[2] for name in names})[:alphabets]
+        for alphabet in chosen_alphabets:
+            chosen = sorted({name.split("/")[3] for name in names if name.split("/")[2] == alphabet})[:characters]
+            for character in chosen:
+                folder = target / alphabet / character if levels == 2 else target / f"{alphabet}_{character}"
+                folder.mkdir(parents=True)
+                for name in names:
+                    if name.split("/")[2:4] == [alphabet, character]:
+                        (folder / name.split("/")[-1]).write_bytes(bundle.read(name))
+    return target
+
+
+def test_image_folder_of_real_pngs_two_levels_gives_groups_and_a_per_class_split(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    root = _omniglot_pngs(data_root, tmp_path / "omniglot")
+    options = {"root": str(root), "size": 20, "channels": 1, "test_fraction": 0.25}
+    data = load_dataset("image_folder", tmp_path, options)
+    assert data.num_classes == 4 and data.input_shape == (1, 20, 20) and data.groups.tolist() == [0, 0, 1, 1]
+    assert torch.bincount(data.y_test).tolist() == [5, 5, 5, 5] and len(data.y_train) == 60
+    assert abs(data.x_train.mean()) < 1e-4 and abs(data.x_train.std() - 1) < 1e-3  # normalised on training images
+    again = load_dataset("image_folder", tmp_path, options)  # from the cache: the same tensors
+    assert torch.equal(again.x_train, data.x_train) and list((tmp_path / "cache" / "image_folders").iterdir())
+    rgb = load_dataset("image_folder", tmp_path, {**options, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3})
+    assert rgb.input_shape == (3, 20, 20) and rgb.x_train.min() >= -1 and rgb.x_train.max() <= 1
+
+
+def test_image_folder_one_level_with_a_test_folder(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    train = _omniglot_pngs(data_root, tmp_path / "train", alphabets=1, characters=3, levels=1)
+    test = tmp_path / "test"
+    for folder in train.iterdir():
+        (test / folder.name).mkdir(parents=True)
+        for png in sorted(folder.iterdir())[15:]:
+            png.rename(test / folder.name / png.name)
+    data = load_dataset("image_folder", tmp_path, {"root": str(train), "test_root": str(test), "channels": 1})
+    assert data.groups is None and (len(data.y_train), len(data.y_test), data.num_classes) == (45, 15, 3)
+    shutil.rmtree(sorted(test.iterdir())[0])
+    with pytest.raises(DataError, match="the classes of data.options.root and test_root differ: Alphabet"):
+        load_dataset("image_folder", tmp_path, {"root": str(train), "test_root": str(test), "channels": 1})
+
+
+def test_image_folders_without_images_or_with_two_layouts_are_refused(tmp_path):
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "cat" / "notes.txt").write_text("no image")
+    with pytest.raises(DataError, match="no images under .*empty: expected .*CLASS/\\*.png"):
+        load_dataset("image_folder", tmp_path, {"root": "empty"})
+    with pytest.raises(DataError, match="does not exist or is not a folder"):
+        load_dataset("image_folder", tmp_path, {"root": "nowhere"})
+    with pytest.raises(ConfigError, match="data.options.root is required"):
+        load_dataset("image_folder", tmp_path, {})
+    with pytest.raises(ConfigError, match="channels must be 1 or 3"):
+        load_dataset("image_folder", tmp_path, {"root": "empty", "channels": 2})

@@ -1,0 +1,115 @@
+"""Images in class folders, torchvision's ImageFolder layout, read once into tensors and cached.
+
+    ROOT/CLASS/*.png|jpg|...          one level: each folder is a class
+    ROOT/GROUP/CLASS/*.png|jpg|...    two levels: each leaf folder is a class, its parent the class's group
+
+Classes are named "CLASS" or "GROUP/CLASS" and sorted, so class ids do not depend on the file system's order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill.errors import DataError
+from distill.storage import atomic_torch_save, cache_home, fingerprint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FolderImages:
+    """Every image of a folder (N x channels x size x size, in [0, 1]), its class id, the class names, and each
+    class's group id where the folder has two levels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    groups: torch.Tensor | None
+
+
+def _is_image(path: Path) -> bool:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return path.is_file() and path.suffix.lower() in IMG_EXTENSIONS
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if _is_image(path))
+
+
+def class_folders(root: Path) -> dict[str, list[Path]]:
+    """Class name -> its image files, for a one- or two-level folder; DataErrors name what is wrong."""
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a folder")
+    tops = sorted(path for path in root.iterdir() if path.is_dir())
+    classes = {}
+    for top in tops:
+        if _images_in(top):
+            classes[top.name] = _images_in(top)
+        for leaf in sorted(path for path in top.iterdir() if path.is_dir()):
+            if _images_in(leaf):
+                classes[f"{top.name}/{leaf.name}"] = _images_in(leaf)
+    if not classes:
+        raise DataError(f"no images under {root}: expected {root}/CLASS/*.png (or .jpg, ...) or "
+                        f"{root}/GROUP/CLASS/*.png")
+    depths = {name.count("/") for name in classes}
+    if len(depths) > 1:
+        raise DataError(f"{root} mixes class folders with images at one and at two levels; use one layout")
+    return dict(sorted(classes.items()))
+
+
+def read_folder(root: Path, size: int, channels: int) -> FolderImages:
+    """The images of `root` resized to `size` x `size` with `channels` channels (1: grey, 3: RGB), from the
+    per-user cache when the same files (names, sizes, modification times) were read before."""
+    classes = class_folders(root)
+    stats = [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for files in classes.values() for path in files]
+    cached = cache_home() / "image_folders" / f"{fingerprint([stats, size, channels])}.pt"
+    if cached.is_file():
+        return FolderImages(**torch.load(cached, weights_only=True), classes=list(classes),
+                            groups=_groups(list(classes)))
+    log.info("reading %d images of %d classes under %s", len(stats), len(classes), root)
+    images, labels = [], []
+    for label, files in enumerate(classes.values()):
+        for path in files:
+            images.append(_decode(path, size, channels))
+            labels.append(label)
+    tensors = {"images": torch.stack(images), "labels": torch.tensor(labels)}
+    atomic_torch_save(cached, tensors)
+    return FolderImages(**tensors, classes=list(classes), groups=_groups(list(classes)))
+
+
+def _decode(path: Path, size: int, channels: int) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as error:
+        raise DataError(f"image {path} cannot be read ({error})") from None
+    tensor = torch.from_numpy(pixels).reshape(pixels.shape[0], pixels.shape[1], channels).permute(2, 0, 1)
+    return torch.nn.functional.interpolate(tensor[None], size=(size, size), mode="area")[0]
+
+
+def _groups(classes: list[str]) -> torch.Tensor | None:
+    """Each class's group id (its parent folder's rank) for two-level folders, else None."""
+    if "/" not in classes[0]:
+        return None
+    parents = sorted({name.split("/")[0] for name in classes})
+    return torch.tensor([parents.index(name.split("/")[0]) for name in classes])
+
+
+def split_per_class(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """A boolean test mask holding `fraction` of each class's images (rounded, at least one where a class has
+    two or more), drawn with `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    test = torch.zeros(len(labels), dtype=torch.bool)
+    for label in labels.unique().tolist():
+        members = (labels == label).nonzero().squeeze(1)
+        count = min(len(members) - 1, max(1, round(fraction * len(members)))) if len(members) > 1 else 0
+        test[members[torch.randperm(len(members), generator=generator)[:count]]] = True
+    return test
