@@ -85,6 +85,16 @@ class TopKSoftTargets:
     def to(self, device: str | torch.device) -> TopKSoftTargets:
         return TopKSoftTargets(self.probs.to(device), self.classes.to(device), self.num_classes)
 
+    def packed(self) -> torch.Tensor:
+        """One float32 tensor (N, 2k), the probabilities then the classes (exact in float32 below 2**24 classes):
+        the form the soft-target cache stores."""
+        return torch.cat([self.probs.float(), self.classes.float()], dim=1)
+
+    @classmethod
+    def unpacked(cls, packed: torch.Tensor, num_classes: int) -> TopKSoftTargets:
+        k = packed.shape[1] // 2
+        return cls(packed[:, :k], packed[:, k:].long(), num_classes)
+
 
 EpochCallback = Callable[[int, EpochRecord], None]
 StateCallback = Callable[[dict], None]

@@ -49,9 +49,17 @@ def soft_targets(context: RunContext, teachers: Teachers, inputs: torch.Tensor
 
 def _combined_soft_targets(context: RunContext, teachers: Teachers, inputs: torch.Tensor
                            ) -> SoftTargets | TopKSoftTargets:
+    """The combination as logits T log q, or with `targets_top_k` only each row's k largest probabilities, taken
+    chunk by chunk so the whole (N, C) combination never exists (cached packed, `TopKSoftTargets.packed`)."""
     temperature, combiner = context.config.student.loss.temperature, teachers.specialists.combiner
-    key = combiner.identity(teachers.checksums, temperature)
+    key, top_k = combiner.identity(teachers.checksums, temperature), context.config.specialists.targets_top_k
+    if top_k:
+        def compute(names: list[str]) -> dict[str, torch.Tensor]:
+            probs, classes = combiner.top_probs(inputs, temperature, top_k)
+            return {"combined": TopKSoftTargets(probs, classes, combiner.num_classes).packed()}
+
+        packed = cached_logits({"combined": f"{key}:top{top_k}"}, inputs, cache_home() / "soft_targets", compute)
+        return TopKSoftTargets.unpacked(packed["combined"], combiner.num_classes)
     compute = lambda names: {"combined": temperature * combiner.log_probs(inputs, temperature)}  # noqa: E731
     logits = cached_logits({"combined": key}, inputs, cache_home() / "soft_targets", compute)["combined"]
-    top_k = context.config.specialists.targets_top_k
-    return TopKSoftTargets.from_logits(logits, temperature, top_k) if top_k else SoftTargets(logits=logits)
+    return SoftTargets(logits=logits)

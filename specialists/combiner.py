@@ -32,8 +32,8 @@ class SpecialistEnsemble:
     def __post_init__(self):
         check_choice(self.solver, Eq5Solver, "solver")
         self.precisions = self.precisions or ["fp32"] * (1 + len(self.specialists))
-        num_classes = output_layer(self.generalist)[1].out_features
-        self.membership = torch.zeros(len(self.subsets), num_classes, dtype=torch.bool)
+        self.num_classes = output_layer(self.generalist)[1].out_features
+        self.membership = torch.zeros(len(self.subsets), self.num_classes, dtype=torch.bool)
         for m, subset in enumerate(self.subsets):
             self.membership[m, subset] = True
 
@@ -44,17 +44,29 @@ class SpecialistEnsemble:
                             "top_n": self.top_n, "solver": self.solver, "temperature": temperature,
                             "precisions": self.precisions})
 
-    def log_probs(self, inputs: torch.Tensor, temperature: float = 1.0, chunk: int = 1024,
+    def log_probs(self, inputs: torch.Tensor, temperature: float = 1.0,
                   generalist_logits: torch.Tensor | None = None) -> torch.Tensor:
         """log q (N, C): the eq. 5 combination of everyone's distributions at `temperature`, in chunks of rows.
 
         Each specialist's logits get their dustbin correction, then all logits are divided by T. Activity is
         decided at T = 1 (the generalist's top-n classes do not depend on T).
         """
-        if generalist_logits is None:
-            generalist_logits = predict_logits(self.generalist, inputs, precision=self.precisions[0])
-        return torch.cat([self._chunk_log_probs(inputs[start:start + chunk], generalist_logits[start:start + chunk],
-                                                temperature) for start in range(0, len(inputs), chunk)])
+        return torch.cat(list(self._log_prob_chunks(inputs, temperature, generalist_logits)))
+
+    def top_probs(self, inputs: torch.Tensor, temperature: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's k largest probabilities of q at `temperature` and their classes, (N, k) each, chunk by chunk:
+        for label sets whose (N, C) combination would not fit in memory (15,000 classes on 300,000 rows: 18 GB)."""
+        tops = [log_q.topk(min(k, log_q.shape[1]), dim=1) for log_q in self._log_prob_chunks(inputs, temperature)]
+        return torch.cat([top.values for top in tops]).exp(), torch.cat([top.indices for top in tops])
+
+    def _log_prob_chunks(self, inputs: torch.Tensor, temperature: float,
+                         generalist_logits: torch.Tensor | None = None, chunk: int = 1024):
+        """log q of each chunk of rows in turn; the generalist's logits too are computed chunk by chunk."""
+        for start in range(0, len(inputs), chunk):
+            rows = inputs[start:start + chunk]
+            logits = (predict_logits(self.generalist, rows, precision=self.precisions[0]) if generalist_logits is None
+                      else generalist_logits[start:start + chunk])
+            yield self._chunk_log_probs(rows, logits, temperature)
 
     def _chunk_log_probs(self, inputs: torch.Tensor, generalist_logits: torch.Tensor,
                          temperature: float) -> torch.Tensor:

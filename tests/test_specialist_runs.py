@@ -80,9 +80,9 @@ def test_specialists_train_in_parallel_on_the_ray_cluster(ray_cluster, finished,
         assert metrics.models[name].errors == local.models[name].errors
 
 
-def test_soft_target_specialists_and_the_compute_matched_control(tmp_path):
+def test_soft_target_specialists_top_k_targets_and_the_compute_matched_control(tmp_path):
     out = tmp_path / "run"
-    extra = ["cluster.executor=local", "specialists.compute_matched=true",
+    extra = ["cluster.executor=local", "specialists.compute_matched=true", "specialists.targets_top_k=3",
              "specialists.loss={temperature: 2.0, w_soft: 0.5, w_hard: 0.5}"]
     assert main(["run", "--out", str(out), *set_args([*SPECIALISTS, *extra])]) == 0
     metrics = run_metrics(out)

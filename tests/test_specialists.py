@@ -6,10 +6,11 @@ import torch
 from distill.config import ModelSpec, TrainConfig, load_config
 from distill.data import load_synthetic
 from distill.models import create_model
-from distill.train import predict_logits, train
+from distill.train import TopKSoftTargets, predict_logits, train
 from specialists.covariance import CovarianceAccumulator, confusion_affinity
 from specialists.specialist import corrected_logits, dustbin_shift, output_layer, specialist_data, specialist_state
 from ensembles.jobs import TrainedModel
+from specialists.combiner import SpecialistEnsemble
 from specialists.subsets import adjusted_rand_index, find_subsets
 from specialists.training import compute_matched_job, folded_targets, matched_epochs, specialist_jobs
 
@@ -175,3 +176,22 @@ def test_specialist_jobs_carry_soft_targets_and_the_example_epochs_of_the_contro
     assert job.train.epochs == matched_epochs(3600, 1200) == 3 and len(data.labels) == 1200
     assert all(torch.equal(value, generalist.state_dict()[key]) for key, value in job.initial_state.items())
     assert matched_epochs(100, 1200) == 1  # never less than one epoch
+
+
+def test_top_k_combination_is_taken_chunk_by_chunk_and_packs_for_the_cache(grouped_data, generalist):
+    subsets = [[0, 4, 8, 12, 16], [1, 5, 9, 13, 17]]
+    specialists = []
+    for subset in subsets:
+        specialist = create_model("mlp", len(subset) + 1, grouped_data.input_shape, hidden=[32])
+        specialist.load_state_dict(specialist_state(generalist, subset, grouped_data.x_train))
+        specialists.append(specialist.eval())
+    combiner = SpecialistEnsemble(generalist, specialists, subsets, [0.5, 0.5])
+    inputs = torch.cat([grouped_data.x_train, grouped_data.x_test])  # 2,400 rows: three chunks of 1,024
+    whole = combiner.log_probs(inputs, temperature=2.0)
+    probs, classes = combiner.top_probs(inputs, temperature=2.0, k=5)
+    expected = whole.exp().topk(5, dim=1)
+    torch.testing.assert_close(probs, expected.values)
+    assert torch.equal(classes, expected.indices)
+    targets = TopKSoftTargets(probs, classes, 20)
+    again = TopKSoftTargets.unpacked(targets.packed(), 20)
+    assert torch.equal(again.probs, probs) and torch.equal(again.classes, classes)
