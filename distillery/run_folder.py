@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from distill.config import RunConfig, dump_config, to_dict
+from distill.config import RunConfig, dump_config, load_config, to_dict
 from distill.errors import ConfigError
 from distill.storage import atomic_write_text
 
@@ -57,7 +55,10 @@ def flat_settings(config: RunConfig | dict) -> dict[str, Any]:
 
 
 def _first_difference(saved: Path, config: RunConfig) -> str | None:
-    """The first setting outside `cluster` on which the saved config and this one differ, or None."""
-    old, new = (flat_settings(c) for c in (yaml.safe_load(saved.read_text()), config))
+    """The first setting outside `cluster` on which the saved config and this one differ, or None. The saved file
+    is read as a config, so a key it lacks (written before the key existed) has today's default: a run folder
+    made by an earlier version resumes, and any model whose inputs the new default changes is retrained (its
+    job fingerprint differs), never reused."""
+    old, new = (flat_settings(c) for c in (load_config(saved), config))
     key = next((k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)), None)
     return key and f"{key}: {old.get(key)!r} there, {new.get(key)!r} now"

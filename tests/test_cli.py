@@ -109,6 +109,11 @@ def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsy
         assert events[-1] == "reused" and events.count("start") == 1
     again = run_metrics(out).models
     assert {k: v.accuracy for k, v in again.items()} == {k: v.accuracy for k, v in first.items()}
+    # A config.yaml written before a key existed resumes: the missing key has today's default.
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["specialists"]["compute_matched"], saved["student"]["train"]["average_last"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert main(["run", "--out", str(out), *set_args(TINY), "--set", "cluster.max_retries=7", "--resume"]) == 0
 
 
 @pytest.mark.parametrize("args, message", [
