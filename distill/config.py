@@ -60,7 +60,12 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 0.0
     schedule: Schedule = "onecycle"
+    # Augmentation of each batch, drawn from the training generator (so a resumed run redraws the same): a random
+    # shift of up to `augment_shift` pixels with zero fill (torchvision's RandomCrop with that padding) and, with
+    # `augment_flip`, a horizontal flip of half the images. A student on augmented inputs learns from its teacher
+    # run on the same augmented batch.
     augment_shift: int = 0
+    augment_flip: bool = False
     # Weights returned are the mean of the end-of-epoch weights of the last `average_last` epochs (stochastic weight
     # averaging, Izmailov et al. 2018); 0 returns the last weights. The paper is silent here: this is our addition.
     # A training curve's test points are of the weights being trained, not of the average.
@@ -69,6 +74,10 @@ class TrainConfig:
     # evaluation): bf16 under autocast with fp32 master weights, or fp32; auto is bf16 where the hardware has bf16
     # matrix units (distill/precision.py). The precision used is recorded with the model.
     precision: Precision = "auto"
+
+    @property
+    def augments(self) -> bool:
+        return bool(self.augment_shift or self.augment_flip)
 
     def validate(self, where: str) -> None:
         _require(self.epochs >= 1, f"{where}.epochs must be >= 1, got {self.epochs}")

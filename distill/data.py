@@ -388,6 +388,21 @@ def translate_batch(images: torch.Tensor, max_shift: int, generator: torch.Gener
     return padded.gather(2, index[:, None, :].expand(n, channels, -1)).reshape(n, channels, height, width)
 
 
+def flip_batch(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image of an N x C x H x W batch mirrored left to right with probability 1/2, drawn per image (one
+    draw for the whole batch, not a loop over images as torchvision's per-call transforms would need)."""
+    flipped = torch.rand(len(images), generator=generator, device=images.device) < 0.5
+    return torch.where(flipped[:, None, None, None], images.flip(-1), images)
+
+
+def augment_batch(images: torch.Tensor, shift: int, flip: bool, generator: torch.Generator | None = None
+                  ) -> torch.Tensor:
+    """A training batch's augmentation: the random shift, then the flip where asked (nothing is drawn for an
+    augmentation that is off, so a run without it keeps its random stream)."""
+    shifted = translate_batch(images, shift, generator)
+    return flip_batch(shifted, generator) if flip else shifted
+
+
 @dataclass
 class TransferSet:
     """Indices into the training set, and the classes that never appear in them."""

@@ -19,7 +19,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from distill.config import LossWeights, TrainConfig
-from distill.data import translate_batch
+from distill.data import augment_batch
 from distill.errors import TrainingError
 from distill.losses import distillation_loss, softmax_at
 from distill.memory import retain_freed_memory
@@ -184,7 +184,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, i
     total = torch.zeros((), device=inputs.device)
     constrain = getattr(model, "apply_constraints", None)
     for index in order.split(config.batch_size):
-        batch = translate_batch(inputs.index_select(0, index), config.augment_shift, generator)
+        batch = augment_batch(inputs.index_select(0, index), config.augment_shift, config.augment_flip, generator)
         teacher_probs = targets.batch(index, batch, weights.temperature) if weights.w_soft else None
         with autocast(precision, inputs.device):
             logits = model(batch)

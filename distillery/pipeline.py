@@ -147,6 +147,6 @@ def _check_against_data(config: RunConfig, data: Dataset) -> None:
         if clustering.min_size >= classes or (clustering.max_size or 0) > classes:
             raise ConfigError(f"specialists.clustering.min_size={clustering.min_size} and max_size="
                               f"{clustering.max_size} must be below the {classes} classes of {data.name}")
-        if config.student.train.augment_shift:
-            raise ConfigError("student.train.augment_shift needs a teacher run on each augmented batch, which "
-                              "specialists do not support: set it to 0")
+        if config.student.train.augments:
+            raise ConfigError("student.train.augment_shift and augment_flip need a teacher run on each augmented "
+                              "batch, which specialists do not support: turn them off")

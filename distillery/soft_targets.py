@@ -31,7 +31,7 @@ def soft_targets(context: RunContext, teachers: Teachers, inputs: torch.Tensor
     if teachers.specialists:
         return _combined_soft_targets(context, teachers, inputs)
     members = teachers.members
-    if config.student.train.augment_shift:
+    if config.student.train.augments:
         if not teachers.is_ensemble:
             return SoftTargets(teacher=members[0].model, teacher_precision=members[0].precision)
         return SoftTargets(teacher=Ensemble([m.model for m in members], loss.temperature, config.ensemble.combine,

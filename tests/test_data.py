@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.data import load_dataset, make_transfer_set, resolve_data_root, translate_batch
+from distill.data import augment_batch, load_dataset, make_transfer_set, resolve_data_root, translate_batch
 from distill.errors import ConfigError, DataError
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -252,3 +252,14 @@ def test_image_folders_without_images_or_with_two_layouts_are_refused(tmp_path):
         load_dataset("image_folder", tmp_path, {})
     with pytest.raises(ConfigError, match="channels must be 1 or 3"):
         load_dataset("image_folder", tmp_path, {"root": "empty", "channels": 2})
+
+
+def test_flip_mirrors_half_the_images_and_draws_nothing_when_off():
+    images = torch.arange(2 * 1 * 3 * 4, dtype=torch.float32).reshape(2, 1, 3, 4).repeat(50, 1, 1, 1)
+    flipped = augment_batch(images, 0, True, torch.Generator().manual_seed(0))
+    mirrored = (flipped == images.flip(-1)).flatten(1).all(1)
+    assert ((flipped == images).flatten(1).all(1) | mirrored).all() and 30 <= int(mirrored.sum()) <= 70
+    assert torch.equal(flipped, augment_batch(images, 0, True, torch.Generator().manual_seed(0)))
+    generator = torch.Generator().manual_seed(0)
+    assert augment_batch(images, 0, False, generator) is images
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())
