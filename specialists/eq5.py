@@ -135,7 +135,7 @@ class LumpedBatch:
     class, with its K active specialists in slots (padded to the largest subset, S; C classes).
 
     Column W + 1 is the lumped class: the generalist's mass outside the row's active subsets. Padding columns
-    have class id C and stay at 0; padding entries of a slot point at column W, a padding column of every row.
+    (class id C; column W is one in every row) stay at 0, and the padding entries of a slot point at one of them.
     """
 
     generalist: torch.Tensor  # (B, C) p_g, to spread the lumped class's mass back over its classes
