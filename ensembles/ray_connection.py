@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import ray
@@ -36,6 +39,7 @@ def ray_session(address: str | None = None) -> Iterator[None]:
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             ray.init(address="local", dashboard_host="127.0.0.1", logging_level=logging.WARNING,
                      log_to_driver=False)
+            _watch_driver()
         else:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
@@ -45,6 +49,14 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _watch_driver() -> None:
+    """Start ensembles.ray_watchdog for this driver, in a session of its own: it takes down what this private Ray
+    instance leaves behind once the driver is gone, SIGKILL included."""
+    subprocess.Popen([sys.executable, "-m", "ensembles.ray_watchdog", str(os.getpid())], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     cwd=Path(__file__).resolve().parents[1])
 
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:

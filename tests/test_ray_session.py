@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ensembles.ray_connection import _token_hint
+from ensembles.ray_watchdog import _descendants, _is_ray, _processes, _stat
 
 
 @pytest.mark.parametrize("address, auth_mode, hinted", [
@@ -65,3 +66,39 @@ def test_a_local_run_listens_on_loopback_only(tmp_path):
     exposed = [address for address in seen if not address.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
                in ("127.0.0.1", "::1")]
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def _ray_descendants(root: int) -> dict[int, int]:
+    """pid -> start time of every process under `root` whose command line names Ray."""
+    processes = _processes()
+    return {pid: processes[pid][2] for pid in _descendants(root, processes) if _is_ray(pid)}
+
+
+def _alive(pid: int, started: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[2] == started and stat[1] != "Z"
+
+
+@pytest.mark.slow
+def test_nothing_of_a_local_ray_instance_outlives_a_killed_driver(tmp_path):
+    """A real `distillery run` fanning out on its private Ray instance, its driver killed with SIGKILL (only the
+    driver: no signal reaches the rest of its process group): within 30 s no Ray process it started is left."""
+    run = subprocess.Popen([sys.executable, "-m", "distillery", "run", "--out", str(tmp_path / "run"), "--set",
+                            "teacher.train.epochs=40", "--set", "specialists.train.epochs=200"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and run.poll() is None and not any(
+                (tmp_path / "run" / "logs" / f"specialist_{m}.jsonl").is_file() for m in range(3)):
+            time.sleep(0.5)
+        ray_processes = _ray_descendants(run.pid)
+        assert len(ray_processes) >= 4, f"too few Ray processes seen to judge: {ray_processes}"
+        run.kill()  # SIGKILL to the driver alone
+        run.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_alive(pid, started) for pid, started in ray_processes.items()):
+            time.sleep(1)
+        left = [pid for pid, started in ray_processes.items() if _alive(pid, started)]
+        assert not left, f"Ray processes outlived the driver by 30 s: {left}"
+    finally:
+        subprocess.run(["pkill", "-9", "-g", str(run.pid)], check=False)
