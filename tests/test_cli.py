@@ -170,6 +170,9 @@ def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsy
     (["--set", "data.name=arrays"], "data.options.path is required for data.name=arrays"),
     (["--set", "data.name=arrays", "--set", "data.options.path={tmp}/missing.npz"], "no file {tmp}/missing.npz"),
     (["--set", "data.name=arrays", "--set", "data.options.path={tmp}/broken.yaml"], "cannot be read as a NumPy"),
+    (["--set", "data.name=image_folder", "--set", "data.options.root={tmp}"], "no images under {tmp}"),
+    (["--set", "teacher.model={name: 'torchvision:resnet_nope', kwargs: {}}"],
+     "torchvision has no classification model 'resnet_nope'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, data_root, args, message):
     _make_bad_files(tmp_path)
