@@ -229,6 +229,7 @@ def load_arrays(data_root: Path, download: bool = False, path: str | None = None
             arrays = {key: bundle[key] for key in (*ARRAY_KEYS, "groups", "class_names") if key in bundle.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise DataError(f"{file} cannot be read as a NumPy .npz file ({error})") from None
+    check_fits(4 * (arrays["x_train"].size + arrays["x_test"].size), f"{file} as float32 inputs")
     x_train, x_test = (_array_inputs(arrays[key], key, file) for key in ("x_train", "x_test"))
     y_train, y_test = (_array_labels(arrays[key], key, file) for key in ("y_train", "y_test"))
     groups = _array_labels(arrays["groups"], "groups", file) if "groups" in arrays else None

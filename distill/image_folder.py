@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from distill.errors import DataError
+from distill.memory import check_fits
 from distill.storage import atomic_torch_save, cache_home, fingerprint
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def read_folder(root: Path, size: int, channels: int) -> FolderImages:
     if cached.is_file():
         return FolderImages(**torch.load(cached, weights_only=True), classes=list(classes),
                             groups=_groups(list(classes)))
+    check_fits(4 * len(stats) * channels * size * size, f"{len(stats):,} images of {channels} x {size} x {size} "
+                                                        f"under {root}")
     log.info("reading %d images of %d classes under %s", len(stats), len(classes), root)
     images, labels = [], []
     for label, files in enumerate(classes.values()):
