@@ -162,6 +162,7 @@ def test_arrays_file_images_vectors_and_groups(tmp_path):
     assert data.input_shape == (7,) and data.groups is None and data.x_train.max() == 1.0
 
 
+@pytest.mark.slow
 def test_emnist_is_an_arrays_file(data_root):
     data = load_dataset("arrays", data_root, {"path": "emnist/emnist47_union.npz"})
     assert data.num_classes == 47 and data.input_shape == (1, 28, 28)

@@ -73,6 +73,7 @@ def test_bad_plug_ins_are_one_line_and_exit_2(tmp_path, capsys, overrides, messa
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_run_on_plug_in_data_and_models_with_specialists(tmp_path):
     overrides = ["data.name=own_plugins:blobs", "data.options={classes: 6, per_class: 40}", "cluster.executor=local",
                  "teacher.model={name: own_plugins:TinyNet, kwargs: {width: 8}}", "teacher.train.epochs=2",
