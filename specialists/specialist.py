@@ -36,18 +36,18 @@ def penultimate_features(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor
     return torch.cat(captured)
 
 
-def specialist_state(generalist: nn.Module, subset: list[int], inputs: torch.Tensor,
+def specialist_state(generalist: nn.Module, subset: list[int], features: torch.Tensor,
                      ridge: float = 1e-3) -> dict[str, torch.Tensor]:
     """The state dict of a specialist for `subset` that starts where the generalist is.
 
     Every layer is the generalist's; the output rows of the subset's classes are copied, so before training the
     specialist's distribution restricted to the subset equals the generalist's. The dustbin row (last) should give
     the log of the generalist's mass on all other classes, logsumexp_{j not in S} z_j, which is not linear in the
-    features; it is the least-squares (ridge) fit of that target on the generalist's penultimate features of
-    `inputs` (unlabelled, e.g. the training inputs), so the dustbin starts consistent with the generalist.
+    features; it is the least-squares (ridge) fit of that target on `features`, the generalist's penultimate
+    features of unlabelled inputs (`penultimate_features`, computed once for all subsets), so the dustbin starts
+    consistent with the generalist.
     """
     name, layer = output_layer(generalist)
-    features = penultimate_features(generalist, inputs)
     others = torch.ones(layer.out_features, dtype=torch.bool)
     others[subset] = False
     with torch.no_grad():

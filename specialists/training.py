@@ -20,7 +20,8 @@ from distill.errors import ConfigError
 from distill.losses import softmax_at
 from distill.train import HARD_LABELS, SoftTargets, predict_logits
 from ensembles.jobs import JobData, TrainedModel, TrainJob
-from specialists.specialist import dustbin_shift, specialist_data, specialist_labels, specialist_state
+from specialists.specialist import (dustbin_shift, penultimate_features, specialist_data, specialist_labels,
+                                    specialist_state)
 
 INIT_ROWS = 10_000  # training inputs the dustbin row is fitted on: enough for a least-squares fit of ~1,000 weights
 COMPUTE_MATCHED = "generalist_matched"  # the control's model name
@@ -43,7 +44,7 @@ def specialist_jobs(config: RunConfig, subsets: list[list[int]], generalist: Tra
     subset)."""
     settings = config.specialists
     sample = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed_of("specialist_init")))
-    init_inputs = data.x_train[sample[:INIT_ROWS].to(data.x_train.device)]
+    init_features = penultimate_features(generalist.model, data.x_train[sample[:INIT_ROWS].to(data.x_train.device)])
     jobs, shifts, example_epochs = [], [], 0
     for m, subset in enumerate(subsets):
         natural = torch.isin(data.y_train.cpu(), torch.tensor(subset)).float().mean().item()
@@ -57,7 +58,7 @@ def specialist_jobs(config: RunConfig, subsets: list[list[int]], generalist: Tra
         soft = settings.loss.w_soft > 0
         targets = folded_targets(generalist, inputs, subset, settings.loss.temperature) if soft else None
         job = TrainJob(name, generalist.spec, settings.train, seed, len(subset) + 1, data.input_shape, settings.loss,
-                       to_dict(config), specialist_state(generalist.model, subset, init_inputs),
+                       to_dict(config), specialist_state(generalist.model, subset, init_features),
                        inputs_of({"subset": subset}))
         jobs.append((job, JobData(inputs, chosen.labels.to(inputs.device), targets,
                                   (data.x_test, specialist_labels(data.y_test, subset).to(inputs.device)))))

@@ -8,7 +8,8 @@ from distill.data import load_synthetic
 from distill.models import create_model
 from distill.train import TopKSoftTargets, predict_logits, train
 from specialists.covariance import CovarianceAccumulator, confusion_affinity
-from specialists.specialist import corrected_logits, dustbin_shift, output_layer, specialist_data, specialist_state
+from specialists.specialist import (corrected_logits, dustbin_shift, output_layer, penultimate_features,
+                                    specialist_data, specialist_state)
 from ensembles.jobs import TrainedModel
 from specialists.combiner import SpecialistEnsemble
 from specialists.subsets import adjusted_rand_index, find_subsets
@@ -94,7 +95,8 @@ def generalist(grouped_data):
 def test_specialist_starts_as_the_generalist_restricted_to_its_subset(grouped_data, generalist):
     subset = [1, 5, 9, 13]
     specialist = create_model("mlp", len(subset) + 1, grouped_data.input_shape, hidden=[32])
-    specialist.load_state_dict(specialist_state(generalist, subset, grouped_data.x_train))
+    features = penultimate_features(generalist, grouped_data.x_train)
+    specialist.load_state_dict(specialist_state(generalist, subset, features))
     before = predict_logits(generalist, grouped_data.x_test)
     after = predict_logits(specialist, grouped_data.x_test)
     torch.testing.assert_close(torch.softmax(after[:, :-1], 1), torch.softmax(before[:, subset], 1))
@@ -180,10 +182,10 @@ def test_specialist_jobs_carry_soft_targets_and_the_example_epochs_of_the_contro
 
 def test_top_k_combination_is_taken_chunk_by_chunk_and_packs_for_the_cache(grouped_data, generalist):
     subsets = [[0, 4, 8, 12, 16], [1, 5, 9, 13, 17]]
-    specialists = []
+    specialists, features = [], penultimate_features(generalist, grouped_data.x_train)
     for subset in subsets:
         specialist = create_model("mlp", len(subset) + 1, grouped_data.input_shape, hidden=[32])
-        specialist.load_state_dict(specialist_state(generalist, subset, grouped_data.x_train))
+        specialist.load_state_dict(specialist_state(generalist, subset, features))
         specialists.append(specialist.eval())
     combiner = SpecialistEnsemble(generalist, specialists, subsets, [0.5, 0.5])
     inputs = torch.cat([grouped_data.x_train, grouped_data.x_test])  # 2,400 rows: three chunks of 1,024
