@@ -33,28 +33,23 @@ class FolderImages:
     groups: torch.Tensor | None
 
 
-def _is_image(path: Path) -> bool:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    return path.is_file() and path.suffix.lower() in IMG_EXTENSIONS
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.iterdir() if _is_image(path))
+def _images_in(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.suffix.lower() in suffixes and path.is_file())
 
 
 def class_folders(root: Path) -> dict[str, list[Path]]:
     """Class name -> its image files, for a one- or two-level folder; DataErrors name what is wrong."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS  # here: importing torchvision costs every run a second
+
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a folder")
-    tops = sorted(path for path in root.iterdir() if path.is_dir())
     classes = {}
-    for top in tops:
-        if _images_in(top):
-            classes[top.name] = _images_in(top)
-        for leaf in sorted(path for path in top.iterdir() if path.is_dir()):
-            if _images_in(leaf):
-                classes[f"{top.name}/{leaf.name}"] = _images_in(leaf)
+    for top in sorted(path for path in root.iterdir() if path.is_dir()):
+        folders = [(top.name, top)] + [(f"{top.name}/{leaf.name}", leaf)
+                                       for leaf in sorted(path for path in top.iterdir() if path.is_dir())]
+        for name, folder in folders:
+            if files := _images_in(folder, IMG_EXTENSIONS):
+                classes[name] = files
     if not classes:
         raise DataError(f"no images under {root}: expected {root}/CLASS/*.png (or .jpg, ...) or "
                         f"{root}/GROUP/CLASS/*.png")
@@ -68,7 +63,8 @@ def read_folder(root: Path, size: int, channels: int) -> FolderImages:
     """The images of `root` resized to `size` x `size` with `channels` channels (1: grey, 3: RGB), from the
     per-user cache when the same files (names, sizes, modification times) were read before."""
     classes = class_folders(root)
-    stats = [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for files in classes.values() for path in files]
+    stats = [(str(path), status.st_size, status.st_mtime_ns)
+             for files in classes.values() for path in files for status in [path.stat()]]
     cached = cache_home() / "image_folders" / f"{fingerprint([stats, size, channels])}.pt"
     if cached.is_file():
         return FolderImages(**torch.load(cached, weights_only=True), classes=list(classes),

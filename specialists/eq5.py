@@ -206,8 +206,9 @@ def solve_lumped(batch: LumpedBatch, tol: float = 1e-9, max_iter: int = 1000) ->
     tol, tiny = max(tol, 8 * torch.finfo(dtype).eps), torch.finfo(dtype).tiny
     q = torch.cat([_at_columns(batch.generalist, batch.columns[:, :-1]), batch.observed[:, -2:]], dim=1)
     live = torch.arange(len(q), device=q.device)
+    dustbin, count = batch.dustbin.double(), 1.0 + batch.taken.sum(1, keepdim=True).to(dtype)
     for _ in range(max_iter):
-        parts = (batch.observed[live], batch.position[live], batch.dustbin[live].double(), batch.taken[live])
+        parts = (batch.observed[live], batch.position[live], dustbin[live], batch.taken[live], count[live])
         start = q[live]
         first = _em_step(start, *parts)
         second = _em_step(first, *parts)
@@ -229,8 +230,9 @@ def solve_lumped(batch: LumpedBatch, tol: float = 1e-9, max_iter: int = 1000) ->
 
 
 def _em_step(q: torch.Tensor, observed: torch.Tensor, position: torch.Tensor, dustbin: torch.Tensor,
-             taken: torch.Tensor) -> torch.Tensor:
-    """One EM step of `solve_lumped` on rows (R, W + 2) with their parts of the batch (dustbin in float64).
+             taken: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """One EM step of `solve_lumped` on rows (R, W + 2) with their parts of the batch (dustbin in float64, count
+    1 + the active specialists).
 
     Q_k, the mass outside slot k's subset, is the row's total less the mass inside, summed in float64 so that a
     Q_k much smaller than 1 keeps its digits; the inside sums and the spread of each dustbin over the classes
@@ -243,4 +245,4 @@ def _em_step(q: torch.Tensor, observed: torch.Tensor, position: torch.Tensor, du
     entries = share.repeat_interleave(position.shape[1] // slots, dim=1)
     within = torch.zeros(q.shape, dtype=torch.float64, device=q.device).scatter_add_(1, position, entries)
     spread = (share.sum(1, keepdim=True) - within).to(q.dtype)  # sum of d_k / Q_k over the slots not holding j
-    return (observed + q * spread) / (1.0 + taken.sum(1, keepdim=True).to(q.dtype))
+    return (observed + q * spread) / count

@@ -89,9 +89,9 @@ def compute_matched_job(config: RunConfig, generalist: TrainedModel, data: Datas
     hard labels) on the whole training set, for `matched_epochs` epochs. A specialists' gain it matches is extra
     training, not specialisation.
 
-    Why the generalist's settings and not the specialists': on EMNIST (configs/emnist_specialists.yaml) 35 more
-    epochs at the specialists' constant rate left the generalist worse than it was (80.95 % against 82.00 %), a
-    control that flatters the specialists."""
+    Why the generalist's settings and not the specialists': on EMNIST (configs/emnist_specialists.yaml, one seed)
+    35 more epochs at the specialists' constant rate left the generalist worse than it was (80.95 % against
+    82.00 %), a control that flatters the specialists."""
     train = dataclasses.replace(config.teacher.train, epochs=matched_epochs(example_epochs, len(data.y_train)))
     job = TrainJob(COMPUTE_MATCHED, generalist.spec, train, seed, data.num_classes, data.input_shape, HARD_LABELS,
                    to_dict(config), {key: value.clone() for key, value in generalist.model.state_dict().items()},

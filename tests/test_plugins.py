@@ -1,5 +1,7 @@
 """Your own data and models: plug-in loaders and builders by "package.module:attribute", torchvision models."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -29,9 +31,9 @@ def test_a_plug_in_loader_gets_its_options_and_is_checked(tmp_path):
     (":load", "a plug-in is named 'package.module:attribute'"),
 ])
 def test_plug_in_names_that_do_not_resolve(tmp_path, name, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_dataset(name, tmp_path)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         create_model(name, 3, (8,))
 
 
