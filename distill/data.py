@@ -20,10 +20,11 @@ import torch
 
 from distill.config import check_arguments
 from distill.errors import ConfigError, DataError
-from distill.image_folder import read_folder, split_per_class
-from distill.memory import check_fits
+from distill.image_folder import list_folder, read_folder, split_per_class
+from distill.memory import check_fits, physical_memory
 from distill.plugins import is_plugin, load_plugin
-from distill.storage import atomic_torch_save, cache_home, fingerprint, sha256_tensor
+from distill.storage import atomic_torch_save, cache_home, fingerprint
+from distill.streamed import STATS_CHUNK, Inputs, StreamedImages, channel_stats, inputs_hash
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class Dataset:
     name: str
-    x_train: torch.Tensor
+    x_train: Inputs  # a tensor, or images streamed from their files (distill/streamed.py)
     y_train: torch.Tensor
-    x_test: torch.Tensor
+    x_test: Inputs
     y_test: torch.Tensor
     num_classes: int
     groups: torch.Tensor | None = None  # coarse group of each class, where the data set knows one
@@ -48,8 +49,8 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """A hash of the examples themselves: a changed data file changes it even under the same config."""
-        return fingerprint([self.name, *(sha256_tensor(t) for t in (self.x_train, self.y_train, self.x_test,
-                                                                      self.y_test))])
+        return fingerprint([self.name, *(inputs_hash(t) for t in (self.x_train, self.y_train, self.x_test,
+                                                                  self.y_test))])
 
 
 _LOADERS: dict[str, Callable[..., Dataset]] = {}
@@ -104,13 +105,14 @@ def check_dataset(data: Dataset, source: str) -> Dataset:
     train and test rows of one shape; int64 labels in 0..num_classes-1, one per input row; a group per class."""
     for split in ("train", "test"):
         inputs, labels = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        if not inputs.is_floating_point() or labels.dtype != torch.int64 or labels.dim() != 1:
+        streamed = isinstance(inputs, StreamedImages)  # decoded to float32 in [0, 1], normalised by a std > 0
+        if (not streamed and not inputs.is_floating_point()) or labels.dtype != torch.int64 or labels.dim() != 1:
             raise DataError(f"{source}: x_{split} must be a float tensor and y_{split} an int64 vector, got "
                             f"{inputs.dtype} and {labels.dtype} of {labels.dim()} dimensions")
         if len(inputs) != len(labels) or not len(labels):
             raise DataError(f"{source}: x_{split} has {len(inputs)} rows and y_{split} {len(labels)}; they must "
                             "match and not be empty")
-        if not torch.isfinite(inputs).all():
+        if not streamed and not torch.isfinite(inputs).all():
             raise DataError(f"{source}: x_{split} holds NaN or infinite values")
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= data.num_classes:
@@ -260,37 +262,80 @@ def _array_labels(array: np.ndarray, key: str, file: Path) -> torch.Tensor:
 @register_dataset("image_folder")
 def load_image_folder(data_root: Path, download: bool = False, root: str | None = None, size: int = 32,
                       channels: int = 3, test_root: str | None = None, test_fraction: float = 0.2, seed: int = 0,
-                      mean: list[float] | None = None, std: list[float] | None = None) -> Dataset:
+                      mean: list[float] | None = None, std: list[float] | None = None,
+                      memory_budget_gb: float | None = None, workers: int = 0) -> Dataset:
     """Images in class folders (distill/image_folder.py; docs/own-data.md): `root/CLASS/*` or
     `root/GROUP/CLASS/*` (groups then score the clustering), resized to `size` x `size` with `channels` 1 or 3.
     The test set is `test_root` (the same classes), else a seeded `test_fraction` of each class. Inputs are
     normalised per channel with `mean` and `std`, computed from the training images when not given. Relative
-    folders are looked up in the current folder, then under the data root."""
+    folders are looked up in the current folder, then under the data root.
+
+    Decoded images larger than `memory_budget_gb` (default: a quarter of this machine's memory) are streamed
+    from their files (distill/streamed.py) instead of held in memory, decoded by `workers` DataLoader processes.
+    The default, 0, decodes in the training process: a CPU job already keeps its cores busy, and decoding beside
+    it in other processes only adds contention (benchmarks/streaming.py); a GPU job leaves cores idle for them."""
     if not root:
         raise ConfigError("data.options.root is required for data.name=image_folder: the folder of class folders")
     if channels not in (1, 3):
         raise ConfigError(f"data.options.channels must be 1 or 3, got {channels}")
     if size < 1 or not 0 < test_fraction < 1:
         raise ConfigError(f"data.options: size must be >= 1 and test_fraction in (0, 1), got {size}, {test_fraction}")
-    train = read_folder(_local_or_under(root, data_root), size, channels)
-    if test_root:
-        test = read_folder(_local_or_under(test_root, data_root), size, channels)
-        if test.classes != train.classes:
-            differ = sorted(set(train.classes) ^ set(test.classes))
-            raise DataError(f"the classes of data.options.root and test_root differ: {', '.join(differ[:5])}"
-                            + (f" and {len(differ) - 5} more" if len(differ) > 5 else ""))
-        x_train, y_train, x_test, y_test = train.images, train.labels, test.images, test.labels
+    if (memory_budget_gb is not None and memory_budget_gb < 0) or workers < 0:
+        raise ConfigError(f"data.options: memory_budget_gb and workers must be >= 0, got {memory_budget_gb}, "
+                          f"{workers}")
+    train = list_folder(_local_or_under(root, data_root))
+    test = list_folder(_local_or_under(test_root, data_root)) if test_root else None
+    if test is not None and test.classes != train.classes:
+        differ = sorted(set(train.classes) ^ set(test.classes))
+        raise DataError(f"the classes of data.options.root and test_root differ: {', '.join(differ[:5])}"
+                        + (f" and {len(differ) - 5} more" if len(differ) > 5 else ""))
+    decoded_bytes = 4 * channels * size * size * (len(train.files) + (len(test.files) if test else 0))
+    budget = memory_budget_gb * 2**30 if memory_budget_gb is not None else physical_memory() / 4
+    if decoded_bytes <= budget:
+        read = lambda listing: read_folder(listing, size, channels)  # noqa: E731
+    else:
+        log.info("streaming %s: %.1f GiB decoded is over the memory budget of %.1f GiB", root, decoded_bytes / 2**30,
+                 budget / 2**30)
+        read = lambda listing: StreamedImages(tuple(map(str, listing.files)), size, channels,  # noqa: E731
+                                              torch.zeros(channels, 1, 1), torch.ones(channels, 1, 1),
+                                              listing.source, workers)
+    images = read(train)
+    if test is not None:
+        x_train, y_train, x_test, y_test = images, train.labels, read(test), test.labels
     else:
         held_out = split_per_class(train.labels, test_fraction, seed)
-        x_train, y_train = train.images[~held_out], train.labels[~held_out]
-        x_test, y_test = train.images[held_out], train.labels[held_out]
-    centre = torch.tensor(mean) if mean is not None else x_train.mean(dim=(0, 2, 3))
-    scale = torch.tensor(std) if std is not None else x_train.std(dim=(0, 2, 3))
+        x_train, y_train = images[(~held_out).nonzero().squeeze(1)], train.labels[~held_out]
+        x_test, y_test = images[held_out.nonzero().squeeze(1)], train.labels[held_out]
+    if mean is None or std is None:
+        centre, scale = _training_stats(x_train)
+    centre = torch.tensor(mean, dtype=torch.float32) if mean is not None else centre
+    scale = torch.tensor(std, dtype=torch.float32) if std is not None else scale
     if len(centre) != channels or len(scale) != channels or not (scale > 0).all():
         raise ConfigError(f"data.options: mean and std need {channels} values each, std > 0; got {mean}, {std}")
     centre, scale = centre[:, None, None], scale[:, None, None]
-    return check_dataset(Dataset(Path(root).name, (x_train - centre) / scale, y_train, (x_test - centre) / scale,
-                                 y_test, len(train.classes), train.groups), str(root))
+    return check_dataset(Dataset(Path(root).name, _normalised(x_train, centre, scale), y_train,
+                                 _normalised(x_test, centre, scale), y_test, len(train.classes), train.groups),
+                         str(root))
+
+
+def _training_stats(images: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and standard deviation of the training images; for streamed images, kept in the
+    per-user cache (they take a pass over every file)."""
+    if not isinstance(images, StreamedImages):
+        return channel_stats(images.split(STATS_CHUNK))
+    cached = cache_home() / "image_folders" / f"{images.fingerprint()}.stats.pt"
+    if cached.is_file():
+        stats = torch.load(cached, weights_only=True)
+        return stats["mean"], stats["std"]
+    mean, std = channel_stats(images.split(STATS_CHUNK))
+    atomic_torch_save(cached, {"mean": mean, "std": std})
+    return mean, std
+
+
+def _normalised(images: Inputs, centre: torch.Tensor, scale: torch.Tensor) -> Inputs:
+    if isinstance(images, StreamedImages):
+        return dataclasses.replace(images, centre=centre, scale=scale)
+    return (images - centre) / scale
 
 
 def _local_or_under(path: str, data_root: Path) -> Path:

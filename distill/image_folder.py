@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from distill.errors import DataError
@@ -20,17 +19,6 @@ from distill.memory import check_fits
 from distill.storage import atomic_torch_save, cache_home, fingerprint
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FolderImages:
-    """Every image of a folder (N x channels x size x size, in [0, 1]), its class id, the class names, and each
-    class's group id where the folder has two levels."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    classes: list[str]
-    groups: torch.Tensor | None
 
 
 def _images_in(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -59,38 +47,58 @@ def class_folders(root: Path) -> dict[str, list[Path]]:
     return dict(sorted(classes.items()))
 
 
-def read_folder(root: Path, size: int, channels: int) -> FolderImages:
-    """The images of `root` resized to `size` x `size` with `channels` channels (1: grey, 3: RGB), from the
-    per-user cache when the same files (names, sizes, modification times) were read before."""
+@dataclass
+class FolderListing:
+    """The image files of a folder in class order, their class ids, the class names, each class's group id where
+    the folder has two levels, and a fingerprint of the files (names, sizes, modification times)."""
+
+    files: list[Path]
+    labels: torch.Tensor
+    classes: list[str]
+    groups: torch.Tensor | None
+    source: str
+
+
+def list_folder(root: Path) -> FolderListing:
+    """The files of `root` (see `class_folders`), each stat'ed once for the fingerprint."""
     classes = class_folders(root)
-    stats = [(str(path), status.st_size, status.st_mtime_ns)
-             for files in classes.values() for path in files for status in [path.stat()]]
-    cached = cache_home() / "image_folders" / f"{fingerprint([stats, size, channels])}.pt"
+    files = [path for paths in classes.values() for path in paths]
+    stats = [(str(path), status.st_size, status.st_mtime_ns) for path in files for status in [path.stat()]]
+    labels = torch.tensor([label for label, paths in enumerate(classes.values()) for _ in paths])
+    return FolderListing(files, labels, list(classes), _groups(list(classes)), fingerprint(stats))
+
+
+def read_folder(listing: FolderListing, size: int, channels: int) -> torch.Tensor:
+    """Every image of `listing` resized to `size` x `size` with `channels` channels (1: grey, 3: RGB), in [0, 1],
+    from the per-user cache when the same files were read before."""
+    cached = cache_home() / "image_folders" / f"{fingerprint([listing.source, size, channels])}.pt"
     if cached.is_file():
-        return FolderImages(**torch.load(cached, weights_only=True), classes=list(classes),
-                            groups=_groups(list(classes)))
-    check_fits(4 * len(stats) * channels * size * size, f"{len(stats):,} images of {channels} x {size} x {size} "
-                                                        f"under {root}")
-    log.info("reading %d images of %d classes under %s", len(stats), len(classes), root)
-    images, labels = [], []
-    for label, files in enumerate(classes.values()):
-        for path in files:
-            images.append(_decode(path, size, channels))
-            labels.append(label)
-    tensors = {"images": torch.stack(images), "labels": torch.tensor(labels)}
-    atomic_torch_save(cached, tensors)
-    return FolderImages(**tensors, classes=list(classes), groups=_groups(list(classes)))
+        return torch.load(cached, weights_only=True)["images"]
+    check_fits(4 * len(listing.files) * channels * size * size,
+               f"{len(listing.files):,} images of {channels} x {size} x {size}")
+    log.info("reading %d images of %d classes", len(listing.files), len(listing.classes))
+    images = torch.stack([decode_image(path, size, channels) for path in listing.files])
+    atomic_torch_save(cached, {"images": images})
+    return images
 
 
-def _decode(path: Path, size: int, channels: int) -> torch.Tensor:
+def decode_image(path: Path, size: int, channels: int) -> torch.Tensor:
+    """One image file as channels x size x size in [0, 1]; a DataError names a file that cannot be read. Kept
+    lean (no conversion to the mode it already has, one uint8 -> float pass): a streamed run decodes every image
+    in every epoch."""
     from PIL import Image, UnidentifiedImageError
 
+    mode = "L" if channels == 1 else "RGB"
     try:
         with Image.open(path) as image:
-            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+            image = image if image.mode == mode else image.convert(mode)
+            width, height = image.size
+            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
     except (OSError, UnidentifiedImageError) as error:
         raise DataError(f"image {path} cannot be read ({error})") from None
-    tensor = torch.from_numpy(pixels).reshape(pixels.shape[0], pixels.shape[1], channels).permute(2, 0, 1)
+    tensor = pixels.reshape(height, width, channels).permute(2, 0, 1).float().div_(255.0)
+    if tensor.shape[1:] == (size, size):  # area resampling to the same size is the identity: skip its cost
+        return tensor
     return torch.nn.functional.interpolate(tensor[None], size=(size, size), mode="area")[0]
 
 

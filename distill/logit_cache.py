@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from distill.storage import atomic_torch_save, sha256_tensor
+from distill.streamed import Inputs, inputs_hash
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +25,13 @@ def _key(identity: str, inputs_hash: str) -> str:
     return hashlib.sha256(f"{identity}:{inputs_hash}".encode()).hexdigest()[:32]
 
 
-def cached_logits(identities: dict[str, str], inputs: torch.Tensor, cache_dir: str | Path,
+def cached_logits(identities: dict[str, str], inputs: Inputs, cache_dir: str | Path,
                   compute: Callable[[list[str]], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Logits (N, C) on `inputs` of each named model, identified by what produced its logits (checkpoint checksum,
     precision); `compute(names)` is called once, for the models with no cache entry, so they can be computed
     together (in parallel on Ray)."""
-    inputs_hash = sha256_tensor(inputs)
-    paths = {name: Path(cache_dir) / f"{_key(identity, inputs_hash)}.pt" for name, identity in identities.items()}
+    inputs_key = inputs_hash(inputs)
+    paths = {name: Path(cache_dir) / f"{_key(identity, inputs_key)}.pt" for name, identity in identities.items()}
     found = {name: logits for name, path in paths.items() if (logits := _read(path, len(inputs))) is not None}
     missing = [name for name in identities if name not in found]
     if missing:

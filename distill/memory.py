@@ -29,10 +29,15 @@ _retained = False
 def check_fits(needed_bytes: int, what: str) -> None:
     """Refuse `what` when it needs more than this machine's physical memory: it would fail in the allocator, with a
     stack trace, or page for hours."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    total = physical_memory()
     if needed_bytes > total:
         raise ConfigError(f"{what} needs about {needed_bytes / 2**30:,.1f} GiB, more than this machine's "
                           f"{total / 2**30:,.1f} GiB")
+
+
+def physical_memory() -> int:
+    """This machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def retain_freed_memory() -> bool:

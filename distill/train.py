@@ -1,6 +1,8 @@
 """One training loop for hard labels, soft targets, or the paper's weighted mix of both.
 
-Inputs live in memory as one tensor; batches are index slices of it (no DataLoader, no per-sample work).
+Inputs live in memory as one tensor and batches are index slices of it (no DataLoader, no per-sample work), or,
+for image folders over the memory budget, batches are decoded from their files (distill/streamed.py) in the same
+order.
 Soft targets come either from cached teacher logits aligned with the inputs, or, when the student's inputs are
 augmented, from a frozen teacher run on each augmented batch.
 """
@@ -25,6 +27,7 @@ from distill.losses import distillation_loss, softmax_at
 from distill.memory import retain_freed_memory
 from distill.precision import ComputePrecision, autocast
 from distill.records import to_plain
+from distill.streamed import Inputs, batches_of
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +103,7 @@ EpochCallback = Callable[[int, EpochRecord], None]
 StateCallback = Callable[[dict], None]
 
 
-def train(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+def train(model: nn.Module, inputs: Inputs, labels: torch.Tensor, config: TrainConfig,
           weights: LossWeights = HARD_LABELS, targets: SoftTargets | TopKSoftTargets | None = None, seed: int = 0,
           on_epoch: EpochCallback | None = None, on_state: StateCallback | None = None,
           resume_from: dict | None = None, precision: ComputePrecision = "fp32") -> list[EpochRecord]:
@@ -173,7 +176,7 @@ def restore_training_state(state: dict, model: nn.Module, optimizer: torch.optim
     return [EpochRecord(**record) for record in state["history"]]
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, inputs: torch.Tensor,
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, inputs: Inputs,
                 labels: torch.Tensor, config: TrainConfig, weights: LossWeights,
                 targets: SoftTargets | TopKSoftTargets | None,
                 generator: torch.Generator, precision: ComputePrecision = "fp32") -> float:
@@ -183,8 +186,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, i
     order = torch.randperm(len(inputs), generator=generator, device=inputs.device)
     total = torch.zeros((), device=inputs.device)
     constrain = getattr(model, "apply_constraints", None)
-    for index in order.split(config.batch_size):
-        batch = augment_batch(inputs.index_select(0, index), config.augment_shift, config.augment_flip, generator)
+    indices = order.split(config.batch_size)
+    for index, batch in zip(indices, batches_of(inputs, indices)):
+        batch = augment_batch(batch, config.augment_shift, config.augment_flip, generator)
         teacher_probs = targets.batch(index, batch, weights.temperature) if weights.w_soft else None
         with autocast(precision, inputs.device):
             logits = model(batch)
@@ -216,7 +220,7 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_p
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 2048,
+def predict_logits(model: nn.Module, inputs: Inputs, batch_size: int = 2048,
                    precision: ComputePrecision = "fp32") -> torch.Tensor:
     """The model's fp32 logits (N, C) in evaluation mode, its matrix products in `precision`, in batches."""
     model.eval()

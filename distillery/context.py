@@ -14,6 +14,7 @@ from distill.errors import ConfigError
 from distill.provenance import git_sha
 from distill.seed import derive_seed, set_seed
 from distill.storage import fingerprint
+from distill.streamed import Inputs
 from distill.train import HARD_LABELS, EpochRecord, SoftTargets, TopKSoftTargets
 from distillery.progress import Progress
 from ensembles.fanout import train_jobs
@@ -56,7 +57,7 @@ class RunContext:
             self._record(result)
         return [load_job_model(self.out_dir, job.name, self.device) for job, _ in jobs]
 
-    def fit(self, name: str, spec: ModelSpec, data: Dataset, inputs: torch.Tensor, labels: torch.Tensor,
+    def fit(self, name: str, spec: ModelSpec, data: Dataset, inputs: Inputs, labels: torch.Tensor,
             train_config: TrainConfig, weights: LossWeights = HARD_LABELS,
             targets: SoftTargets | TopKSoftTargets | None = None, upstream: dict | None = None) -> TrainedModel:
         """Train model `name` in this process (its soft targets live here), or reuse / resume it."""

@@ -14,6 +14,7 @@ import torch
 
 from distill.logit_cache import cached_logits
 from distill.storage import cache_home
+from distill.streamed import Inputs
 from distill.train import SoftTargets, TopKSoftTargets
 from distillery.context import RunContext
 from distillery.teachers import Teachers
@@ -21,7 +22,7 @@ from ensembles.averaging import Ensemble, ensemble_logits
 from ensembles.fanout import predict_all
 
 
-def soft_targets(context: RunContext, teachers: Teachers, inputs: torch.Tensor
+def soft_targets(context: RunContext, teachers: Teachers, inputs: Inputs
                  ) -> SoftTargets | TopKSoftTargets | None:
     """The student's soft targets on `inputs` (the transfer set), or None when it learns from labels only."""
     config = context.config
@@ -47,7 +48,7 @@ def soft_targets(context: RunContext, teachers: Teachers, inputs: torch.Tensor
                                               config.ensemble.weights))
 
 
-def _combined_soft_targets(context: RunContext, teachers: Teachers, inputs: torch.Tensor
+def _combined_soft_targets(context: RunContext, teachers: Teachers, inputs: Inputs
                            ) -> SoftTargets | TopKSoftTargets:
     """The combination as logits T log q, or with `targets_top_k` only each row's k largest probabilities, taken
     chunk by chunk so the whole (N, C) combination never exists (cached packed, `TopKSoftTargets.packed`)."""

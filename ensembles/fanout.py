@@ -27,6 +27,7 @@ from ray.exceptions import RayError, RayTaskError
 from distill.checkpoint import load_checkpoint
 from distill.config import ClusterConfig
 from distill.errors import ConfigError, DistilleryError, TrainingError
+from distill.streamed import Inputs
 from distill.train import predict_logits
 from ensembles.jobs import JobData, JobResult, TrainJob, checkpoint_precision, run_job
 
@@ -102,10 +103,10 @@ def _train_on_worker(job: TrainJob, data: JobData, run_dir: str, num_cpus: float
 
 def _moved(data: JobData, device: str) -> JobData:
     """The same job data on `device`, copied from pinned memory (a faster host-to-GPU copy); soft targets must be
-    cached (a teacher module is not shipped)."""
-    def move(tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.device.type == "cpu" and device != "cpu":  # to the GPU: asynchronous, the stream orders its use
-            return tensor.pin_memory().to(device, non_blocking=True)
+    cached (a teacher module is not shipped). Streamed images stay files: their batches are delivered there."""
+    def move(tensor: Inputs) -> Inputs:
+        if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu" and device != "cpu":
+            return tensor.pin_memory().to(device, non_blocking=True)  # asynchronous: the stream orders its use
         return tensor.to(device)  # to the host: synchronous, the bytes are read at once
 
     targets = data.targets.to(device) if data.targets is not None else None
@@ -162,7 +163,7 @@ def _describe(result: JobResult) -> str:
     return f"trained in {result.train_seconds:.1f}s{resumed}"
 
 
-def predict_all(paths: dict[str, Path], inputs: torch.Tensor, cluster: ClusterConfig) -> dict[str, torch.Tensor]:
+def predict_all(paths: dict[str, Path], inputs: Inputs, cluster: ClusterConfig) -> dict[str, torch.Tensor]:
     """Each finished model's logits (N, C) on `inputs`, in the precision it trained in: on Ray, one task per (model,
     shard of shard_rows rows)."""
     if cluster.executor == "local":
@@ -179,14 +180,14 @@ def predict_all(paths: dict[str, Path], inputs: torch.Tensor, cluster: ClusterCo
             for name, shard_refs in refs.items()}
 
 
-def _predict_on_worker(path: str, inputs: torch.Tensor, start: int, stop: int, num_cpus: float,
+def _predict_on_worker(path: str, inputs: Inputs, start: int, stop: int, num_cpus: float,
                        num_gpus: float) -> torch.Tensor:
     torch.set_num_threads(max(1, math.floor(num_cpus)))
     device = "cuda" if num_gpus > 0 else "cpu"
     return _predict(path, inputs[start:stop].to(device)).cpu()
 
 
-def _predict(path: str | Path, inputs: torch.Tensor) -> torch.Tensor:
+def _predict(path: str | Path, inputs: Inputs) -> torch.Tensor:
     """The logits of checkpoint `path`'s model on `inputs`, in the precision it trained in."""
     model, payload = load_checkpoint(path, inputs.device)
     return predict_logits(model, inputs, precision=checkpoint_precision(payload))

@@ -31,6 +31,7 @@ from distill.models import create_model, freeze
 from distill.precision import ComputePrecision, resolve_precision
 from distill.records import to_plain
 from distill.storage import append_json_line, atomic_torch_save, read_json_lines
+from distill.streamed import Inputs
 from distill.train import HARD_LABELS, EpochRecord, SoftTargets, TopKSoftTargets, predict_logits, train
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,10 @@ class JobData:
     """What a job trains on: inputs (N, ...), labels (N,), optional soft-target logits (N, C) aligned with them, and
     an optional labelled evaluation set for the training curve (never used to choose a model)."""
 
-    inputs: torch.Tensor
+    inputs: Inputs
     labels: torch.Tensor
     targets: SoftTargets | TopKSoftTargets | None = None
-    evaluation: tuple[torch.Tensor, torch.Tensor] | None = None
+    evaluation: tuple[Inputs, torch.Tensor] | None = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ from distill.config import Eq5Solver
 from distill.precision import ComputePrecision
 from distill.records import check_choice
 from distill.storage import fingerprint
+from distill.streamed import Inputs, in_memory
 from distill.train import predict_logits
 from specialists.eq5 import active_specialists, lumped_batch, solve_gradient, solve_lumped, specialist_batch
 from specialists.specialist import corrected_logits, output_layer
@@ -44,7 +45,7 @@ class SpecialistEnsemble:
                             "top_n": self.top_n, "solver": self.solver, "temperature": temperature,
                             "precisions": self.precisions})
 
-    def log_probs(self, inputs: torch.Tensor, temperature: float = 1.0,
+    def log_probs(self, inputs: Inputs, temperature: float = 1.0,
                   generalist_logits: torch.Tensor | None = None) -> torch.Tensor:
         """log q (N, C): the eq. 5 combination of everyone's distributions at `temperature`, in chunks of rows.
 
@@ -53,17 +54,17 @@ class SpecialistEnsemble:
         """
         return torch.cat(list(self._log_prob_chunks(inputs, temperature, generalist_logits)))
 
-    def top_probs(self, inputs: torch.Tensor, temperature: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def top_probs(self, inputs: Inputs, temperature: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's k largest probabilities of q at `temperature` and their classes, (N, k) each, chunk by chunk:
         for label sets whose (N, C) combination would not fit in memory (15,000 classes on 300,000 rows: 18 GB)."""
         tops = [log_q.topk(min(k, log_q.shape[1]), dim=1) for log_q in self._log_prob_chunks(inputs, temperature)]
         return torch.cat([top.values for top in tops]).exp(), torch.cat([top.indices for top in tops])
 
-    def _log_prob_chunks(self, inputs: torch.Tensor, temperature: float,
+    def _log_prob_chunks(self, inputs: Inputs, temperature: float,
                          generalist_logits: torch.Tensor | None = None, chunk: int = 1024):
         """log q of each chunk of rows in turn; the generalist's logits too are computed chunk by chunk."""
         for start in range(0, len(inputs), chunk):
-            rows = inputs[start:start + chunk]
+            rows = in_memory(inputs[start:start + chunk])  # read by every model in turn: decoded once
             logits = (predict_logits(self.generalist, rows, precision=self.precisions[0]) if generalist_logits is None
                       else generalist_logits[start:start + chunk])
             yield self._chunk_log_probs(rows, logits, temperature)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from distill.errors import ConfigError
+from distill.streamed import Inputs
 from distill.train import predict_logits
 
 
@@ -24,7 +25,7 @@ def output_layer(model: nn.Module) -> tuple[str, nn.Linear]:
     return linears[-1]
 
 
-def penultimate_features(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+def penultimate_features(model: nn.Module, inputs: Inputs) -> torch.Tensor:
     """The inputs (N, H) of the output layer, in evaluation mode."""
     _, layer = output_layer(model)
     captured = []

@@ -18,6 +18,7 @@ from distill.config import RunConfig, to_dict
 from distill.data import Dataset
 from distill.errors import ConfigError
 from distill.losses import softmax_at
+from distill.streamed import Inputs
 from distill.train import HARD_LABELS, SoftTargets, predict_logits
 from ensembles.jobs import JobData, TrainedModel, TrainJob
 from specialists.specialist import (dustbin_shift, penultimate_features, specialist_data, specialist_labels,
@@ -67,7 +68,7 @@ def specialist_jobs(config: RunConfig, subsets: list[list[int]], generalist: Tra
     return SpecialistJobs(jobs, shifts, example_epochs)
 
 
-def folded_targets(generalist: TrainedModel, inputs: torch.Tensor, subset: list[int],
+def folded_targets(generalist: TrainedModel, inputs: Inputs, subset: list[int],
                    temperature: float) -> SoftTargets:
     """The generalist's distribution at `temperature` in a specialist's output space: its subset's classes, then
     all other mass in the dustbin; kept as logits T log p, so the training loop's softmax at T gives it back."""

@@ -6,6 +6,7 @@ that uses the `ray_cluster` fixture is marked here). `make test` runs them all.
 """
 
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,23 @@ def stage_events(run_dir: Path) -> list[tuple[str, str]]:
 
 def run_metrics(run_dir: Path) -> RunMetrics:
     return read_metrics(Path(run_dir) / METRICS)
+
+
+def omniglot_pngs(data_root, target, alphabets=2, characters=2, levels=2):
+    """Real Omniglot PNGs from the shared zip as an image folder: `target/ALPHABET/CHARACTER/*.png` (two levels) or
+    `target/ALPHABET_CHARACTER/*.png` (one)."""
+    with zipfile.ZipFile(data_root / "omniglot-background.zip") as bundle:
+        names = [name for name in bundle.namelist() if name.endswith(".png")]
+        chosen_alphabets = sorted({name.split("/")[2] for name in names})[:alphabets]
+        for alphabet in chosen_alphabets:
+            chosen = sorted({name.split("/")[3] for name in names if name.split("/")[2] == alphabet})[:characters]
+            for character in chosen:
+                folder = target / alphabet / character if levels == 2 else target / f"{alphabet}_{character}"
+                folder.mkdir(parents=True)
+                for name in names:
+                    if name.split("/")[2:4] == [alphabet, character]:
+                        (folder / name.split("/")[-1]).write_bytes(bundle.read(name))
+    return target
 
 
 def pytest_collection_modifyitems(items):

@@ -1,11 +1,11 @@
 import re
 import shutil
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import omniglot_pngs
 from distill.data import augment_batch, load_dataset, make_transfer_set, resolve_data_root, translate_batch
 from distill.errors import ConfigError, DataError
 
@@ -196,26 +196,9 @@ def test_arrays_path_missing_unreadable_or_not_given(tmp_path):
         load_dataset("arrays", tmp_path, {"path": str(tmp_path / "text.npz")})
 
 
-def _omniglot_pngs(data_root, target, alphabets=2, characters=2, levels=2):
-    """Real Omniglot PNGs from the shared zip as an image folder: `target/ALPHABET/CHARACTER/*.png` (two levels) or
-    `target/ALPHABET_CHARACTER/*.png` (one)."""
-    with zipfile.ZipFile(data_root / "omniglot-background.zip") as bundle:
-        names = [name for name in bundle.namelist() if name.endswith(".png")]
-        chosen_alphabets = sorted({name.split("/")[2] for name in names})[:alphabets]
-        for alphabet in chosen_alphabets:
-            chosen = sorted({name.split("/")[3] for name in names if name.split("/")[2] == alphabet})[:characters]
-            for character in chosen:
-                folder = target / alphabet / character if levels == 2 else target / f"{alphabet}_{character}"
-                folder.mkdir(parents=True)
-                for name in names:
-                    if name.split("/")[2:4] == [alphabet, character]:
-                        (folder / name.split("/")[-1]).write_bytes(bundle.read(name))
-    return target
-
-
 def test_image_folder_of_real_pngs_two_levels_gives_groups_and_a_per_class_split(tmp_path, data_root, monkeypatch):
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
-    root = _omniglot_pngs(data_root, tmp_path / "omniglot")
+    root = omniglot_pngs(data_root, tmp_path / "omniglot")
     options = {"root": str(root), "size": 20, "channels": 1, "test_fraction": 0.25}
     data = load_dataset("image_folder", tmp_path, options)
     assert data.num_classes == 4 and data.input_shape == (1, 20, 20) and data.groups.tolist() == [0, 0, 1, 1]
@@ -229,7 +212,7 @@ def test_image_folder_of_real_pngs_two_levels_gives_groups_and_a_per_class_split
 
 def test_image_folder_one_level_with_a_test_folder(tmp_path, data_root, monkeypatch):
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
-    train = _omniglot_pngs(data_root, tmp_path / "train", alphabets=1, characters=3, levels=1)
+    train = omniglot_pngs(data_root, tmp_path / "train", alphabets=1, characters=3, levels=1)
     test = tmp_path / "test"
     for folder in train.iterdir():
         (test / folder.name).mkdir(parents=True)
@@ -253,6 +236,10 @@ def test_image_folders_without_images_or_with_two_layouts_are_refused(tmp_path):
         load_dataset("image_folder", tmp_path, {})
     with pytest.raises(ConfigError, match="channels must be 1 or 3"):
         load_dataset("image_folder", tmp_path, {"root": "empty", "channels": 2})
+    (tmp_path / "empty" / "cat" / "truncated.png").write_bytes(b"\x89PNG\r\n")
+    for streamed in ({}, {"memory_budget_gb": 0}):  # in memory: read at once; streamed: the statistics' pass
+        with pytest.raises(DataError, match="image .*truncated.png cannot be read"):
+            load_dataset("image_folder", tmp_path, {"root": "empty", "test_fraction": 0.5, **streamed})
 
 
 def test_flip_mirrors_half_the_images_and_draws_nothing_when_off():
