@@ -1,8 +1,9 @@
 """What the driver shows on a terminal: each stage's name as it starts, and one bar per training stage with the
 epochs done over all its models, how many finished, which run now (at which epoch) and which were retried.
 
-Everything shown is read from the jobs' logs (`ensembles.jobs.job_status`), so a model training on another node
-shows up as well as one in this process. Off a terminal nothing is shown; the logs are there either way.
+Everything shown is read from the jobs' logs (`ensembles.jobs.LogFollower`: only what they gained since the last
+look, at most once a second), so a model training on another node shows up as well as one in this process, and a
+stage of thousands of jobs costs the driver little. Off a terminal nothing is shown; the logs are there either way.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ensembles.jobs import JobResult, JobStatus, TrainJob, job_status
+from ensembles.jobs import JobResult, JobStatus, LogFollower, TrainJob
 
 log = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 1.0  # the fan-out calls after every epoch or finished job; the logs are read at most this often
 
 
 class Progress:
@@ -39,13 +42,16 @@ class TrainingBar:
     so far; a no-op when disabled (reading every log costs time only worth spending on a terminal)."""
 
     def __init__(self, run_dir: Path, jobs: list[TrainJob], label: str, enabled: bool):
-        self.run_dir, self.names, self.since = run_dir, [job.name for job in jobs], time.time()
+        self.logs = LogFollower(run_dir, [job.name for job in jobs], since=time.time())
         self.bar = tqdm(total=sum(job.train.epochs for job in jobs), desc=label, unit="epoch", disable=not enabled)
+        self.read_at = -REFRESH_SECONDS
 
     def refresh(self, finished: dict[str, JobResult]) -> None:
-        if self.bar.disable:
+        everything = len(finished) == len(self.logs.paths)
+        if self.bar.disable or (time.monotonic() - self.read_at < REFRESH_SECONDS and not everything):
             return
-        statuses = {name: job_status(self.run_dir, name, self.since) for name in self.names}
+        self.read_at = time.monotonic()
+        statuses = self.logs.statuses()
         self.bar.update(sum(status.epochs for status in statuses.values()) - self.bar.n)
         self.bar.set_postfix_str(progress_line(statuses, finished))  # redraws, also when no epoch ended
 

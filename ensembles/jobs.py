@@ -13,6 +13,7 @@ Its files in the run folder make it restartable at any moment:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -30,7 +31,7 @@ from distill.errors import CheckpointError
 from distill.models import create_model, freeze
 from distill.precision import ComputePrecision, resolve_precision
 from distill.records import to_plain
-from distill.storage import append_json_line, atomic_torch_save, read_json_lines
+from distill.storage import append_json_line, atomic_torch_save
 from distill.streamed import Inputs
 from distill.train import HARD_LABELS, EpochRecord, SoftTargets, TopKSoftTargets, predict_logits, train
 
@@ -256,18 +257,54 @@ class JobStatus:
     epochs: int = 0
     attempts: int = 0
 
-
-def job_status(run_dir: Path, name: str, since: float = 0.0) -> JobStatus:
-    """Replay job `name`'s log in order; attempts count only those started at or after `since` (a driver's
-    start: a log also holds the attempts of earlier runs of the same folder)."""
-    status = JobStatus()
-    for event in read_json_lines(log_path(run_dir, name)):
+    def apply(self, event: dict, since: float) -> None:
+        """Take the next event of the log into account; attempts count those started at or after `since`."""
         kind = event.get("event")
         if kind in ("start", "resume", "epoch", "reused"):
-            status.epochs = event.get("epoch", 0)
+            self.epochs = event.get("epoch", 0)
         if kind in ("start", "resume") and event.get("time", 0.0) >= since:
-            status.attempts += 1
-    return status
+            self.attempts += 1
+
+
+class LogFollower:
+    """The statuses of many jobs, brought up to date by reading only the bytes each log gained since the last
+    look: a look costs one stat per job, however long the logs grow, so a driver can follow thousands of jobs
+    once a second. A line still being written is kept until it is whole; a line cut by a crash (closed by the
+    next append, `append_json_line`) is skipped, as `read_json_lines` skips it."""
+
+    def __init__(self, run_dir: Path, names: list[str], since: float = 0.0):
+        self.since = since
+        self.paths = {name: log_path(run_dir, name) for name in names}
+        self.offsets = dict.fromkeys(names, 0)
+        self.unfinished = dict.fromkeys(names, b"")
+        self.current = {name: JobStatus() for name in names}
+
+    def statuses(self) -> dict[str, JobStatus]:
+        for name, path in self.paths.items():
+            try:
+                if path.stat().st_size <= self.offsets[name]:
+                    continue
+                with open(path, "rb") as log_file:
+                    log_file.seek(self.offsets[name])
+                    gained = log_file.read()
+            except FileNotFoundError:  # the job has not started yet
+                continue
+            self.offsets[name] += len(gained)
+            *lines, self.unfinished[name] = (self.unfinished[name] + gained).split(b"\n")
+            for line in lines:
+                try:
+                    event = json.loads(line.decode(errors="replace"))
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    self.current[name].apply(event, self.since)
+        return self.current
+
+
+def job_status(run_dir: Path, name: str, since: float = 0.0) -> JobStatus:
+    """Job `name`'s status from its whole log; attempts count only those started at or after `since` (a driver's
+    start: a log also holds the attempts of earlier runs of the same folder)."""
+    return LogFollower(run_dir, [name], since).statuses()[name]
 
 
 def _log_event(run_dir: Path, name: str, event: dict) -> None:

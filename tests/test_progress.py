@@ -4,7 +4,7 @@ from distill.config import load_config
 from distill.storage import append_json_line
 from distillery.pipeline import run
 from distillery.progress import progress_line
-from ensembles.jobs import JobResult, JobStatus, job_status, log_path
+from ensembles.jobs import JobResult, JobStatus, LogFollower, job_status, log_path
 
 
 def _log(run_dir, name, events):
@@ -26,6 +26,26 @@ def test_job_status_replays_the_log_and_counts_attempts_since_a_time(tmp_path):
     assert job_status(tmp_path, "member_1") == JobStatus(epochs=12, attempts=0)
     assert job_status(tmp_path, "member_2", since=10) == JobStatus(epochs=1, attempts=1)
     assert job_status(tmp_path, "member_3") == JobStatus()
+
+
+def test_the_log_follower_reads_what_each_log_gained_and_agrees_with_a_replay(tmp_path):
+    follower = LogFollower(tmp_path, ["member_0", "member_1"], since=3)
+    assert follower.statuses() == {"member_0": JobStatus(), "member_1": JobStatus()}  # no log yet
+    _log(tmp_path, "member_0", [{"event": "start", "epoch": 0, "time": 1}, {"event": "epoch", "epoch": 1, "time": 2}])
+    assert follower.statuses()["member_0"] == JobStatus(epochs=1, attempts=0)
+    path = log_path(tmp_path, "member_0")
+    with open(path, "ab") as log_file:
+        log_file.write(b'{"event": "epoch", "epo')  # a line being written: not taken yet
+    assert follower.statuses()["member_0"] == JobStatus(epochs=1, attempts=0)
+    with open(path, "ab") as log_file:
+        log_file.write(b'ch": 2, "time": 3}\n{"event": "epoch", "ep')  # finished; then a line a crash cut short
+    assert follower.statuses()["member_0"] == JobStatus(epochs=2, attempts=0)
+    _log(tmp_path, "member_0", [{"event": "resume", "epoch": 2, "time": 4}])  # closes the cut line first
+    _log(tmp_path, "member_1", [{"event": "reused", "epoch": 12, "time": 5}])
+    assert follower.statuses() == {"member_0": job_status(tmp_path, "member_0", since=3),
+                                   "member_1": job_status(tmp_path, "member_1", since=3)}
+    assert follower.statuses()["member_0"] == JobStatus(epochs=2, attempts=1)
+    assert follower.offsets["member_0"] == path.stat().st_size  # everything read once, nothing twice
 
 
 def test_progress_line_names_running_and_retried_jobs():
