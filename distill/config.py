@@ -25,6 +25,7 @@ Device = Literal["cpu", "cuda", "auto"]
 Schedule = Literal["onecycle", "constant"]
 EnsembleMethod = Literal["arithmetic", "geometric"]  # how ensemble members' distributions are combined
 Executor = Literal["ray", "local"]
+RunFolder = Literal["auto", "driver"]  # how Ray workers reach the run folder (ensembles/driver_folder.py)
 AffinitySource = Literal["covariance", "confusion"]  # what the specialists' classes are clustered on
 KMeansAlgorithm = Literal["kmeans", "online"]
 Eq5Solver = Literal["em", "gradient"]
@@ -130,7 +131,9 @@ class ClusterConfig:
     num_cpus / num_gpus are reserved per model on its worker (torch uses that many threads); num_cpus unset gives
     each model an equal share of the cluster's CPUs (one model alone gets a whole node, ten share it). A model
     whose worker or node dies is retried up to `max_retries` times from its last epoch. Soft targets of large
-    transfer sets are computed in shards of `shard_rows` rows, in parallel.
+    transfer sets are computed in shards of `shard_rows` rows, in parallel. `run_folder`: "auto", workers that
+    see the run folder write it directly and the others send their files to the driver's node after every epoch;
+    "driver", every worker sends them (ensembles/driver_folder.py).
     """
 
     executor: Executor = "ray"
@@ -138,6 +141,7 @@ class ClusterConfig:
     num_gpus: float = 0.0
     max_retries: int = 3
     shard_rows: int = 20000
+    run_folder: RunFolder = "auto"
 
     def validate(self) -> None:
         _require(self.num_cpus is None or self.num_cpus > 0, f"cluster.num_cpus must be > 0, got {self.num_cpus}")

@@ -9,14 +9,16 @@ resumes from the state it left in the run folder, and the same files let `--resu
 died. Tune would add a second copy of that bookkeeping (trial folders, experiment state) to keep consistent with
 the run folder, and its per-trial overhead on small machines.
 
-Checkpoints live in the run folder, so on a multi-node cluster that folder must be on storage every node sees
-(NFS, a mounted bucket); on one machine it always is.
+Checkpoints and training states live in the driver's run folder. A worker that sees that folder (one machine,
+NFS) uses it directly; one that does not trains in a scratch copy that is sent to the driver's node after every
+epoch (ensembles/driver_folder.py), so no shared storage is needed.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,11 +26,12 @@ import ray
 import torch
 from ray.exceptions import RayError, RayTaskError
 
-from distill.checkpoint import load_checkpoint
+from distill.checkpoint import checksum_path, load_checkpoint
 from distill.config import ClusterConfig
 from distill.errors import ConfigError, DistilleryError, TrainingError
 from distill.streamed import Inputs
 from distill.train import predict_logits
+from ensembles import driver_folder
 from ensembles.jobs import JobData, JobResult, TrainJob, checkpoint_precision, run_job
 
 log = logging.getLogger(__name__)
@@ -62,13 +65,26 @@ def _train_on_ray(jobs: list[tuple[TrainJob, JobData]], run_dir: Path, cluster: 
     num_cpus, num_gpus = task_resources(cluster, len(jobs))
     task = ray.remote(_train_on_worker).options(num_cpus=num_cpus, num_gpus=num_gpus,
                                                 max_retries=cluster.max_retries, retry_exceptions=False)
+    # Where workers may not see the run folder (other nodes), it is also reachable through the driver's node.
+    always = cluster.run_folder == "driver"
+    folder = driver_folder.start(run_dir, always) if always or _other_nodes() else None
     shared = {}  # one object-store copy per distinct data set, however many jobs train on it
     pending = {}
-    for job, data in jobs:
-        if id(data) not in shared:
-            shared[id(data)] = ray.put(_moved(data, "cpu"))
-        pending[task.remote(job, shared[id(data)], str(run_dir), num_cpus, num_gpus)] = job.name
-    return _collect(pending, cluster.max_retries, watch)
+    try:
+        for job, data in jobs:
+            if id(data) not in shared:
+                shared[id(data)] = ray.put(_moved(data, "cpu"))
+            pending[task.remote(job, shared[id(data)], str(run_dir), num_cpus, num_gpus, folder)] = job.name
+        return _collect(pending, cluster.max_retries, watch)
+    finally:
+        if folder is not None:
+            ray.kill(folder.actor)
+
+
+def _other_nodes() -> bool:
+    """Whether a live node other than the driver's could run tasks."""
+    here = ray.get_runtime_context().get_node_id()
+    return any(node["Alive"] and node["NodeID"] != here for node in ray.nodes())
 
 
 def task_resources(cluster: ClusterConfig, tasks: int, nodes: list[dict] | None = None) -> tuple[float, float]:
@@ -94,11 +110,17 @@ def task_resources(cluster: ClusterConfig, tasks: int, nodes: list[dict] | None 
     return num_cpus, cluster.num_gpus
 
 
-def _train_on_worker(job: TrainJob, data: JobData, run_dir: str, num_cpus: float, num_gpus: float) -> JobResult:
+def _train_on_worker(job: TrainJob, data: JobData, run_dir: str, num_cpus: float, num_gpus: float,
+                     folder: driver_folder.FolderAccess | None) -> JobResult:
+    """Train `job` in the run folder, or, where this node does not see it, in a scratch copy sent to the driver's
+    folder after every epoch (ensembles/driver_folder.py)."""
     torch.set_num_threads(max(1, math.floor(num_cpus)))  # one process per job: no OpenMP oversubscription
     if num_gpus > 0:
         data = _moved(data, "cuda")
-    return run_job(job, data, run_dir)
+    if folder is None or folder.seen_from_here(Path(run_dir)):
+        return run_job(job, data, run_dir)
+    with driver_folder.scratch_copy(folder.actor, job.name) as copy:
+        return run_job(job, data, copy.scratch, on_epoch=lambda *_: copy.send())
 
 
 def _moved(data: JobData, device: str) -> JobData:
@@ -176,17 +198,24 @@ def predict_all(paths: dict[str, Path], inputs: Inputs, cluster: ClusterConfig) 
     task = ray.remote(_predict_on_worker).options(num_cpus=num_cpus, num_gpus=num_gpus,
                                                   max_retries=cluster.max_retries)
     inputs_ref = ray.put(inputs.cpu())
-    refs = {name: [task.remote(str(path), inputs_ref, start, stop, num_cpus, num_gpus) for start, stop in bounds]
-            for name, path in paths.items()}
+    # Checkpoints travel through the object store, so workers need not see the run folder.
+    checkpoints = {name: ray.put({part.name: part.read_bytes() for part in (Path(path), checksum_path(path))})
+                   for name, path in paths.items()}
+    refs = {name: [task.remote(checkpoints[name], inputs_ref, start, stop, num_cpus, num_gpus)
+                   for start, stop in bounds] for name in paths}
     return {name: torch.cat([task_result(ref, name, cluster.max_retries) for ref in shard_refs]).to(inputs.device)
             for name, shard_refs in refs.items()}
 
 
-def _predict_on_worker(path: str, inputs: Inputs, start: int, stop: int, num_cpus: float,
+def _predict_on_worker(checkpoint: dict[str, bytes], inputs: Inputs, start: int, stop: int, num_cpus: float,
                        num_gpus: float) -> torch.Tensor:
+    """Rows start:stop of the logits of the checkpoint given as its files' bytes (checkpoint, then checksum)."""
     torch.set_num_threads(max(1, math.floor(num_cpus)))
     device = "cuda" if num_gpus > 0 else "cpu"
-    return _predict(path, inputs[start:stop].to(device)).cpu()
+    with tempfile.TemporaryDirectory(prefix="distillery-predict-") as folder:
+        for name, content in checkpoint.items():
+            (Path(folder) / name).write_bytes(content)
+        return _predict(Path(folder) / next(iter(checkpoint)), inputs[start:stop].to(device)).cpu()
 
 
 def _predict(path: str | Path, inputs: Inputs) -> torch.Tensor:

@@ -243,6 +243,17 @@ def _write_curve(curves: SummaryWriter, record: EpochRecord) -> None:
         curves.add_scalar("test/accuracy", record.test_accuracy, record.epoch)
 
 
+def job_files(run_dir: str | Path, name: str) -> list[Path]:
+    """Every file job `name` keeps in the run folder, in an order that is safe to copy them in: its training state,
+    log and TensorBoard events, then its finished checkpoint, then that checkpoint's checksum (which marks it
+    finished, so it must never arrive first)."""
+    run_dir = Path(run_dir)
+    events = sorted(path for path in tensorboard_path(run_dir, name).rglob("*") if path.is_file())
+    candidates = [run_dir / "state" / f"{name}.pt", log_path(run_dir, name), *events, checkpoint_path(run_dir, name),
+                  checksum_path(checkpoint_path(run_dir, name))]
+    return [path for path in candidates if path.is_file()]
+
+
 def log_path(run_dir: str | Path, name: str) -> Path:
     """Job `name`'s log: one JSON line per event (start, resume, epoch, reused, stale)."""
     return Path(run_dir) / "logs" / f"{name}.jsonl"

@@ -1,5 +1,6 @@
 """The Ray fan-out on a simulated two-node cluster: spread, worker and node failures, retries, driver resume."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -9,14 +10,16 @@ import threading
 import time
 
 import pytest
+import ray
 import torch
 
 from conftest import job_events, run_metrics, set_args
+from distill.checkpoint import checksum_path
 from distill.config import ClusterConfig, ModelSpec, TrainConfig
 from distill.data import load_dataset
 from distill.errors import TrainingError
 from ensembles.fanout import predict_all, train_jobs
-from ensembles.jobs import JobData, TrainJob, checkpoint_path, run_job
+from ensembles.jobs import JobData, TrainJob, checkpoint_path, run_job, tensorboard_path
 
 pytestmark = pytest.mark.slow
 
@@ -103,10 +106,27 @@ def test_members_spread_over_nodes_and_match_in_process_training(ray_cluster, da
     assert {n: r.checksum for n, r in again.items()} == {n: r.checksum for n, r in results.items()}
 
 
-def test_a_killed_worker_resumes_its_member_from_the_last_epoch(ray_cluster, data, tmp_path):
+def test_workers_that_do_not_see_the_run_folder_send_their_files_to_the_driver(ray_cluster, data, tmp_path):
+    run_dir = tmp_path / "run"
+    jobs = _jobs(data, members=2, epochs=3)
+    results = train_jobs(jobs, run_dir, dataclasses.replace(RAY, run_folder="driver"))
+    for name in results:
+        assert checksum_path(checkpoint_path(run_dir, name)).is_file()
+        assert not (run_dir / "state" / f"{name}.pt").exists()  # removed on the worker, so on the driver
+        assert [e["epoch"] for e in job_events(run_dir, name) if e["event"] == "epoch"] == [1, 2, 3]
+        assert list(tensorboard_path(run_dir, name).glob("events.out.tfevents.*"))
+        assert job_events(run_dir, name)[0]["node"] != ray.get_runtime_context().get_node_id()  # a worker node's
+    job, job_data = jobs[1]
+    _assert_same_weights(run_dir, "member_1", _reference_weights(job, job_data, tmp_path))
+    again = train_jobs(jobs, run_dir, dataclasses.replace(RAY, run_folder="driver"))  # reused from the driver's copy
+    assert all(result.reused for result in again.values())
+
+
+@pytest.mark.parametrize("run_folder", ["auto", "driver"])
+def test_a_killed_worker_resumes_its_member_from_the_last_epoch(ray_cluster, data, tmp_path, run_folder):
     run_dir = tmp_path / "run"
     jobs = _jobs(data)
-    thread, outcome = _in_background(train_jobs, jobs, run_dir, RAY)
+    thread, outcome = _in_background(train_jobs, jobs, run_dir, dataclasses.replace(RAY, run_folder=run_folder))
     victim, last_epoch = _wait_for(lambda: _member_mid_training(run_dir, [job.name for job, _ in jobs]))
     os.kill(last_epoch["pid"], signal.SIGKILL)
     thread.join(timeout=300)
@@ -120,10 +140,11 @@ def test_a_killed_worker_resumes_its_member_from_the_last_epoch(ray_cluster, dat
     _assert_same_weights(run_dir, victim, _reference_weights(job, job_data, tmp_path))
 
 
-def test_a_removed_node_loses_no_finished_member(ray_cluster, data, tmp_path):
+@pytest.mark.parametrize("run_folder", ["auto", "driver"])
+def test_a_removed_node_loses_no_finished_member(ray_cluster, data, tmp_path, run_folder):
     run_dir = tmp_path / "run"
     jobs = _jobs(data)
-    thread, outcome = _in_background(train_jobs, jobs, run_dir, RAY)
+    thread, outcome = _in_background(train_jobs, jobs, run_dir, dataclasses.replace(RAY, run_folder=run_folder))
     victim, last_epoch = _wait_for(lambda: _member_mid_training(run_dir, [job.name for job, _ in jobs]))
     node = next(n for n in ray_cluster.worker_nodes if n.node_id == last_epoch["node"])
     ray_cluster.remove_node(node, allow_graceful=False)

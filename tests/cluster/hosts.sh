@@ -22,7 +22,6 @@ HOSTS=(1 2 3)
 
 up() {
   local work=$1
-  mkdir -p "$work/shared"
   [ -f "$work/key" ] || ssh-keygen -q -t ed25519 -N "" -f "$work/key"
   ip link add "$BRIDGE" type bridge
   ip addr add "$SUBNET.254/24" dev "$BRIDGE"

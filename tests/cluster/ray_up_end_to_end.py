@@ -1,6 +1,7 @@
 """`ray up` end to end on this machine: three hosts made of namespaces (tests/cluster/hosts.sh), the repository's
 cluster.yaml filled in for them, the real launcher, a run submitted as a Ray job whose members spread over the
-hosts, one worker host killed mid-run, the results read back, `ray down`, and everything removed.
+hosts while its run folder is on the head only (no shared storage), one worker host killed mid-run, the results
+read back on the head, `ray down`, and everything removed.
 
     sudo python tests/cluster/ray_up_end_to_end.py [--work /var/tmp/distillery-ray-up] [--keep]
 
@@ -33,6 +34,7 @@ HOSTS_SH = Path(__file__).resolve().parent / "hosts.sh"
 HEAD, WORKERS = "10.77.0.1", ["10.77.0.2", "10.77.0.3"]
 VICTIM = 3  # the host killed mid-run (10.77.0.3)
 DASHBOARD_PORT = 18265  # the tunnel's local end: not 8265, which a local Ray instance may hold
+OUT = "/root/runs/ensemble"  # on the head: each host has its own /root, so no worker sees this folder
 MEMBERS = 6
 # Members long enough to kill a host while some train on it; each takes a whole 2-CPU host.
 RUN = ["data.name=digits", f"ensemble.size={MEMBERS}", "teacher.model.kwargs={hidden: [256, 256]}",
@@ -87,11 +89,19 @@ def ssh(work: Path, host: str, command: str) -> str:
                capture_output=True).stdout
 
 
-def job_events(out: Path, name: str) -> list[dict]:
-    path = out / "logs" / f"{name}.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().startswith("{")]
+# Run on the head: each member's log events and whether it finished, read from the run folder only the head sees.
+MEMBER_STATUS = """
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+def events(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+print(json.dumps({path.stem: {"events": events(path), "finished": (out / (path.stem + ".pt.sha256")).is_file()}
+                  for path in sorted((out / "logs").glob("member_*.jsonl"))}))
+"""
+
+
+def members_on_head(work: Path) -> dict[str, dict]:
+    return json.loads(ssh(work, HEAD, f"~/venv/bin/python -c {shlex.quote(MEMBER_STATUS)} {OUT}"))
 
 
 def node_of_host(work: Path, host: str) -> str:
@@ -126,10 +136,9 @@ def main() -> int:
                                   stdout=open(work / "tunnel.log", "w"), stderr=subprocess.STDOUT,
                                   start_new_session=True)
         wait_for_dashboard()
-        out = work / "shared" / "run"
         submit = subprocess.Popen(
             [RAY, "job", "submit", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir", str(REPO),
-             "--", "distillery", "run", "--address", "auto", "--out", str(out),
+             "--", "distillery", "run", "--address", "auto", "--out", OUT,
              *[arg for override in RUN for arg in ("--set", override)]],
             cwd=REPO, stdout=open(work / "job.log", "w"), stderr=subprocess.STDOUT)
         victim_host = WORKERS[VICTIM - 2]
@@ -140,30 +149,33 @@ def main() -> int:
             assert submit.poll() is None, f"the job ended before a member trained on {victim_host}: see job.log"
             assert time.monotonic() < deadline, "timed out waiting for members on every host"
             victim_node = victim_node or _try(lambda: node_of_host(work, victim_host))
-            running = [name for name in (f"member_{m}" for m in range(MEMBERS))
-                       if not (out / f"{name}.pt.sha256").exists()
-                       and any(e["event"] == "epoch" and e.get("node") == victim_node for e in job_events(out, name))]
-            done = [m for m in range(MEMBERS) if (out / f"member_{m}.pt.sha256").exists()]
-            if running and done:
+            members = _try(lambda: members_on_head(work)) or {}
+            running = [name for name, member in members.items() if not member["finished"]
+                       and any(e["event"] == "epoch" and e.get("node") == victim_node for e in member["events"])]
+            finished_before = {name for name, member in members.items() if member["finished"]}
+            if running and finished_before:
                 break
-        finished_before = {f"member_{m}" for m in done}
-        step(f"killing host {victim_host} while {', '.join(running)} trains there "
+        step(f"killing host {victim_host} while {', '.join(running)} {'train' if len(running) > 1 else 'trains'} there "
              f"({len(finished_before)} members finished)")
         run(["bash", str(HOSTS_SH), "kill", str(work), str(VICTIM)])
         assert submit.wait(timeout=900) == 0, "the job failed: see job.log"
-        step("the job finished; reading the results")
-        metrics = json.loads((out / "metrics.json").read_text())
-        nodes = {e.get("node") for m in range(MEMBERS) for e in job_events(out, f"member_{m}")} - {None}
+        step(f"the job finished; reading the results from {OUT} on the head")
+        metrics = json.loads(ssh(work, HEAD, f"cat {OUT}/metrics.json"))
+        members = members_on_head(work)
+        nodes = {e.get("node") for member in members.values() for e in member["events"]} - {None}
         assert len(nodes) == 3, f"members ran on {len(nodes)} nodes, not 3"
         for name in finished_before:
-            starts = [e for e in job_events(out, name) if e["event"] in ("start", "resume")]
+            starts = [e for e in members[name]["events"] if e["event"] in ("start", "resume")]
             assert len(starts) == 1, f"{name} finished before the kill but was trained again"
         for name in running:
-            events = [e["event"] for e in job_events(out, name)]
+            events = [e["event"] for e in members[name]["events"]]
             assert "resume" in events, f"{name} did not resume after its host died: {events}"
-        assert (out / "report.md").is_file() and "student" in metrics["models"]
-        step(f"members on 3 nodes; {', '.join(running)} resumed on another node; ensemble accuracy "
-             f"{metrics['models']['ensemble']['accuracy']:.4f}, student {metrics['models']['student']['accuracy']:.4f}")
+        assert "student" in metrics["models"] and ssh(work, HEAD, f"test -f {OUT}/report.md && echo yes").strip()
+        absent = ssh(work, WORKERS[0], f"test -e {OUT} && echo present || echo absent").strip()
+        assert absent == "absent", "a worker host sees the run folder: the test would not show shipping"
+        step(f"members on 3 nodes, none of which but the head sees {OUT}; {', '.join(running)} resumed on another "
+             f"node; ensemble accuracy {metrics['models']['ensemble']['accuracy']:.4f}, "
+             f"student {metrics['models']['student']['accuracy']:.4f}")
     finally:
         if tunnel is not None:
             os.killpg(tunnel.pid, signal.SIGTERM)
