@@ -7,7 +7,8 @@ MNIST is written once as an image folder of PNG files (`WORK/train/DIGIT/*.png`,
 the idx files under the data root: no download) and loaded through `image_folder` twice: in memory, and streamed
 (`memory_budget_gb: 0`, decoded by each number of DataLoader processes in --workers). For each model, epochs of
 `train` on the first --train-rows images go round the sides, in reversed order every other repeat (so the host's
-drift falls on all); each ratio is a streamed epoch over the in-memory epoch. Every side sees the same batches:
+drift falls on all), after one read of every file (a warm page cache: the ratios measure decoding, not the
+disk); each ratio is a streamed epoch over the in-memory epoch. Every side sees the same batches:
 their losses must agree.
 """
 
@@ -73,6 +74,8 @@ def main() -> None:
         sides[f"streamed_workers_{workers}"] = load_dataset("image_folder", Path("."),
                                                             {**options, "memory_budget_gb": 0, "workers": workers})
     rows = torch.arange(min(args.train_rows, len(sides["memory"].y_train)))
+    for path in sides[f"streamed_workers_{args.workers[0]}"].x_train[rows].files:
+        Path(path).read_bytes()  # warm the page cache: the ratios measure decoding, not the disk
     config = TrainConfig(epochs=args.epochs, batch_size=128, lr=0.05, precision=args.precision)
     results = {}
     for name in args.models:
