@@ -304,8 +304,8 @@ def load_image_folder(data_root: Path, download: bool = False, root: str | None 
         x_train, y_train, x_test, y_test = images, train.labels, read(test), test.labels
     else:
         held_out = split_per_class(train.labels, test_fraction, seed)
-        x_train, y_train = images[(~held_out).nonzero().squeeze(1)], train.labels[~held_out]
-        x_test, y_test = images[held_out.nonzero().squeeze(1)], train.labels[held_out]
+        x_train, y_train = images[~held_out], train.labels[~held_out]
+        x_test, y_test = images[held_out], train.labels[held_out]
     if mean is None or std is None:
         centre, scale = _training_stats(x_train)
     centre = torch.tensor(mean, dtype=torch.float32) if mean is not None else centre

@@ -49,9 +49,11 @@ class StreamedImages:
         return torch.Size((len(self.files), self.channels, self.size, self.size))
 
     def __getitem__(self, rows: torch.Tensor | slice) -> StreamedImages:
-        """The images of `rows` (an index tensor or a slice), still on disk."""
+        """The images of `rows` (an index tensor, a boolean mask or a slice), still on disk."""
         if isinstance(rows, slice):
             return dataclasses.replace(self, files=self.files[rows])
+        if rows.dtype == torch.bool:
+            rows = rows.nonzero().squeeze(1)
         return dataclasses.replace(self, files=tuple(self.files[row] for row in rows.tolist()))
 
     def to(self, device: str | torch.device) -> StreamedImages:
