@@ -22,6 +22,7 @@ HOSTS=(1 2 3)
 
 up() {
   local work=$1
+  down "$work"  # what an interrupted earlier run may have left (the names are fixed)
   [ -f "$work/key" ] || ssh-keygen -q -t ed25519 -N "" -f "$work/key"
   ip link add "$BRIDGE" type bridge
   ip addr add "$SUBNET.254/24" dev "$BRIDGE"
@@ -76,16 +77,18 @@ EOF
 kill_host() {
   local work=$1 n=$2
   # The unshare process's child is the host's PID 1; killing PID 1 kills everything in its namespace.
-  local first
-  first=$(pgrep -P "$(cat "$work/host$n.pid")" | head -1)
-  [ -n "$first" ] && kill -9 "$first" 2>/dev/null
+  if [ -f "$work/host$n.pid" ]; then
+    local first
+    first=$(pgrep -P "$(cat "$work/host$n.pid")" | head -1 || true)
+    [ -n "$first" ] && kill -9 "$first" 2>/dev/null || true
+  fi
   ip netns pids "dist-host$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
 }
 
 down() {
   local work=$1
   for n in "${HOSTS[@]}"; do
-    [ -f "$work/host$n.pid" ] && kill_host "$work" "$n" || true
+    kill_host "$work" "$n"
     ip netns del "dist-host$n" 2>/dev/null || true
     ip link del "dist-veth$n" 2>/dev/null || true
   done
