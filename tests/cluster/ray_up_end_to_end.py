@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -34,7 +35,9 @@ HOSTS_SH = Path(__file__).resolve().parent / "hosts.sh"
 HEAD, WORKERS = "10.77.0.1", ["10.77.0.2", "10.77.0.3"]
 VICTIM = 3  # the host killed mid-run (10.77.0.3)
 DASHBOARD_PORT = 18265  # the tunnel's local end: not 8265, which a local Ray instance may hold
+HEAD_RAY = "RAY_ADDRESS=http://127.0.0.1:8265 ~/venv/bin/ray"  # the head's Ray command line, at its dashboard
 OUT = "/root/runs/ensemble"  # on the head: each host has its own /root, so no worker sees this folder
+ENDED = ("SUCCEEDED", "FAILED", "STOPPED")  # a job's final states (an unanswered question is not one)
 MEMBERS = 6
 # Members long enough to kill a host while some train on it; each takes a whole 2-CPU host.
 RUN = ["data.name=digits", f"ensemble.size={MEMBERS}", "teacher.model.kwargs={hidden: [256, 256]}",
@@ -136,17 +139,19 @@ def main() -> int:
                                   stdout=open(work / "tunnel.log", "w"), stderr=subprocess.STDOUT,
                                   start_new_session=True)
         wait_for_dashboard()
-        submit = subprocess.Popen(
-            [RAY, "job", "submit", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir", str(REPO),
-             "--", "distillery", "run", "--address", "auto", "--out", OUT,
-             *[arg for override in RUN for arg in ("--set", override)]],
-            cwd=REPO, stdout=open(work / "job.log", "w"), stderr=subprocess.STDOUT)
+        # Submitted without following its logs: a follow rides the tunnel, which a host starved of CPU can drop
+        # while the job goes on; the job's status is asked on the head itself.
+        submitted = run([RAY, "job", "submit", "--no-wait", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}",
+                         "--working-dir", str(REPO), "--", "distillery", "run", "--address", "auto", "--out", OUT,
+                         *[arg for override in RUN for arg in ("--set", override)]],
+                        cwd=REPO, capture_output=True).stdout
+        job_id = re.search(r"raysubmit_\w+", submitted).group(0)
         victim_host = WORKERS[VICTIM - 2]
         victim_node = None
         deadline = time.monotonic() + 600
         while True:  # until a member trains on the victim host, after at least one member finished
             time.sleep(1)
-            assert submit.poll() is None, f"the job ended before a member trained on {victim_host}: see job.log"
+            assert job_status(work, job_id) not in ENDED, f"the job ended before a member trained on {victim_host}"
             assert time.monotonic() < deadline, "timed out waiting for members on every host"
             victim_node = victim_node or _try(lambda: node_of_host(work, victim_host))
             members = _try(lambda: members_on_head(work)) or {}
@@ -158,7 +163,11 @@ def main() -> int:
         step(f"killing host {victim_host} while {', '.join(running)} {'train' if len(running) > 1 else 'trains'} there "
              f"({len(finished_before)} members finished)")
         run(["bash", str(HOSTS_SH), "kill", str(work), str(VICTIM)])
-        assert submit.wait(timeout=900) == 0, "the job failed: see job.log"
+        deadline = time.monotonic() + 900
+        while (status := job_status(work, job_id)) not in ENDED and time.monotonic() < deadline:
+            time.sleep(2)
+        (work / "job.log").write_text(_try(lambda: ssh(work, HEAD, f"{HEAD_RAY} job logs {job_id}")) or "")
+        assert status == "SUCCEEDED", f"the job ended {status}: see job.log"
         step(f"the job finished; reading the results from {OUT} on the head")
         metrics = json.loads(ssh(work, HEAD, f"cat {OUT}/metrics.json"))
         members = members_on_head(work)
@@ -206,6 +215,13 @@ def wait_for_nodes(work: Path, count: int, timeout: float = 300) -> None:
         time.sleep(3)
     raise AssertionError(f"fewer than {count} Ray nodes came up: see ray_up.log and the head's "
                          "/tmp/ray/session_latest/logs/monitor.*")
+
+
+def job_status(work: Path, job_id: str) -> str | None:
+    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED, asked of the head's own dashboard; None if it did not say."""
+    answer = _try(lambda: ssh(work, HEAD, f"{HEAD_RAY} job status {job_id}")) or ""
+    found = re.search(r"Status for job '\w+': (\w+)", answer)
+    return found.group(1) if found else None
 
 
 def wait_for_dashboard(timeout: float = 60) -> None:
