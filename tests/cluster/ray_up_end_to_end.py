@@ -219,9 +219,10 @@ def wait_for_nodes(work: Path, count: int, timeout: float = 300) -> None:
 
 def job_status(work: Path, job_id: str) -> str | None:
     """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED, asked of the head's own dashboard; None if it did not say."""
-    answer = _try(lambda: ssh(work, HEAD, f"{HEAD_RAY} job status {job_id}")) or ""
-    found = re.search(r"Status for job '\w+': (\w+)", answer)
-    return found.group(1) if found else None
+    script = ("from ray.job_submission import JobSubmissionClient; "
+              f"print(JobSubmissionClient('http://127.0.0.1:8265').get_job_status('{job_id}').value)")
+    answer = _try(lambda: ssh(work, HEAD, f"~/venv/bin/python -c {shlex.quote(script)}")) or ""
+    return answer.strip().splitlines()[-1] if answer.strip() else None
 
 
 def wait_for_dashboard(timeout: float = 60) -> None:
