@@ -105,7 +105,9 @@ class BitDropout(nn.Module):
         # randint's upper bound is exclusive and at most 2**63 - 1: one 64-bit value in 2**64 never occurs.
         words = torch.randint(-(2**63), 2**63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64, device=x.device)
         keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= self.threshold
-        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        # Through uint8: torch converts bool to bf16 element by element (90 us for a 128 x 1200 batch here),
+        # uint8 with vector instructions (13 us); the values are the same 0s and 1s.
+        return x * keep.view(torch.uint8).to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
