@@ -116,6 +116,9 @@ def train(model: nn.Module, inputs: Inputs, labels: torch.Tensor, config: TrainC
     if weights.w_soft and targets is None:
         raise ValueError("soft-target training needs SoftTargets")
     retain_freed_memory()
+    model.to(memory_format=image_layout(model, inputs))  # before the optimizer: its state takes the weights' layout
+    if isinstance(targets, SoftTargets) and targets.teacher is not None:
+        targets.teacher.to(memory_format=image_layout(targets.teacher, inputs))
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
     optimizer = make_optimizer(model, config)
     scheduler = make_schedule(optimizer, config, steps_per_epoch=math.ceil(len(inputs) / config.batch_size))
@@ -168,12 +171,24 @@ def restore_training_state(state: dict, model: nn.Module, optimizer: torch.optim
     if average is not None:
         average.load_state_dict(state["average"])
     optimizer.load_state_dict(state["optimizer"])
+    _match_weight_layouts(optimizer)
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["cpu_rng"])
     if "cuda_rng" in state:
         torch.cuda.set_rng_state(state["cuda_rng"], generator.device)
     return [EpochRecord(**record) for record in state["history"]]
+
+
+def _match_weight_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-weight optimizer tensor (momentum) its weight's memory layout. A state saved before a model
+    trained channels-last holds them in the usual layout, and the fused update walks weight, gradient and momentum
+    in memory order: mismatched, it would pair the wrong elements without any error."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, inputs: Inputs,
@@ -186,9 +201,11 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, i
     order = torch.randperm(len(inputs), generator=generator, device=inputs.device)
     total = torch.zeros((), device=inputs.device)
     constrain = getattr(model, "apply_constraints", None)
+    layout = image_layout(model, inputs)
     indices = order.split(config.batch_size)
     for index, batch in zip(indices, batches_of(inputs, indices)):
-        batch = augment_batch(batch, config.augment_shift, config.augment_flip, generator)
+        batch = augment_batch(batch, config.augment_shift, config.augment_flip, generator).contiguous(
+            memory_format=layout)
         teacher_probs = targets.batch(index, batch, weights.temperature) if weights.w_soft else None
         with autocast(precision, inputs.device):
             logits = model(batch)
@@ -202,6 +219,15 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, i
             constrain()
         total += loss.detach() * len(index)
     return total.item() / len(inputs)
+
+
+def image_layout(model: nn.Module, inputs: Inputs) -> torch.memory_format:
+    """The memory layout a model trains in: channels-last for 2-D convolutions on image batches, whose CPU
+    (oneDNN) and GPU kernels are faster in it (the small CNN's step on 128 MNIST images here: 33 ms against 54 in
+    bf16, 57-62 against 76 in fp32); the usual layout for everything else."""
+    if len(inputs.shape) == 4 and any(isinstance(module, nn.Conv2d) for module in model.modules()):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -38,18 +38,26 @@ BF16_UNITS = bf16_matrix_units(torch.device("cpu"))
 bf16_only = pytest.mark.skipif(not BF16_UNITS, reason="this CPU has no bf16 matrix units (AMX, AVX-512 BF16)")
 
 
-@pytest.mark.parametrize("average_last, precision", [(0, "fp32"), (3, "fp32"),
-                                                     pytest.param(0, "bf16", marks=bf16_only),
-                                                     pytest.param(3, "bf16", marks=bf16_only)])
-def test_training_resumed_from_a_saved_state_matches_an_uninterrupted_run(digits, average_last, precision):
+def _small_model(name: str, input_shape):
+    torch.manual_seed(1)
+    if name == "cnn":
+        return create_model("cnn", 10, input_shape, channels=[4], hidden=16, dropout=0.5)
+    return create_model("mlp", 10, input_shape, hidden=[32], dropout_hidden=0.5)
+
+
+@pytest.mark.parametrize("average_last, precision, name", [(0, "fp32", "mlp"), (3, "fp32", "mlp"), (0, "fp32", "cnn"),
+                                                           pytest.param(0, "bf16", "mlp", marks=bf16_only),
+                                                           pytest.param(3, "bf16", "mlp", marks=bf16_only),
+                                                           pytest.param(0, "bf16", "cnn", marks=bf16_only)])
+def test_training_resumed_from_a_saved_state_matches_an_uninterrupted_run(digits, average_last, precision, name):
     """Dropout draws from the global RNG, so the state must carry it too for the match to be exact; with weight
-    averaging the resume starts after the average has taken its first epoch. bf16 training resumes as exactly."""
+    averaging the resume starts after the average has taken its first epoch. bf16 training resumes as exactly, and
+    so does a CNN, which trains channels-last."""
     config = TrainConfig(epochs=4, batch_size=64, lr=0.1, augment_shift=1, average_last=average_last)
     states = []
 
     def fresh():
-        torch.manual_seed(1)
-        return create_model("mlp", 10, digits.input_shape, hidden=[32], dropout_hidden=0.5)
+        return _small_model(name, digits.input_shape)
 
     straight = fresh()
     history = train(straight, digits.x_train, digits.y_train, config, seed=3, on_state=states.append,
@@ -59,6 +67,28 @@ def test_training_resumed_from_a_saved_state_matches_an_uninterrupted_run(digits
     resumed_history = train(resumed, digits.x_train, digits.y_train, config, seed=3, resume_from=states[2],
                             precision=precision)
     assert [r.loss for r in resumed_history] == [r.loss for r in history]
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_a_cnn_trains_channels_last_and_resumes_a_state_saved_in_the_usual_layout(digits):
+    """Training states saved before CNNs trained channels-last hold weights and momentum in the usual layout; the
+    resumed run must continue exactly as from the same state in the new layout (the fused update reads memory in
+    order, so an unmatched momentum would silently pair the wrong elements)."""
+    config = TrainConfig(epochs=3, batch_size=64, lr=0.1, momentum=0.9)
+    states = []
+    straight = _small_model("cnn", digits.input_shape)
+    train(straight, digits.x_train, digits.y_train, config, seed=3, on_state=states.append)
+    conv = [module for module in straight.modules() if isinstance(module, torch.nn.Conv2d)][-1]  # 4 in-channels
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    saved = states[0]
+    assert any(not buffer["momentum_buffer"].is_contiguous() for buffer in saved["optimizer"]["state"].values())
+    usual = {**saved, "model": {key: value.contiguous() for key, value in saved["model"].items()},
+             "optimizer": {**saved["optimizer"], "state": {index: {key: value.contiguous() if torch.is_tensor(value)
+                                                                     else value for key, value in entry.items()}
+                                                            for index, entry in saved["optimizer"]["state"].items()}}}
+    resumed = _small_model("cnn", digits.input_shape)
+    train(resumed, digits.x_train, digits.y_train, config, seed=3, resume_from=usual)
     for name, tensor in straight.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
 
