@@ -48,6 +48,11 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **kw
 
 SMALL_IMAGE = 64  # below this side, a torchvision model's stem is the CIFAR one: 3 x 3, stride 1, no max-pool
 
+# A model with this attribute set to True trains on channels-last (NHWC) weights and batches (distill.train
+# .image_layout). Opt-in: the built-in CNN and torchvision's models are written for it, while a user's model that
+# flattens with .view() fails on channels-last tensors.
+CHANNELS_LAST = "trains_channels_last"
+
 
 def torchvision_model(name: str, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
     """torchvision's classification model `name` with `num_classes` outputs and random weights (nothing is
@@ -74,6 +79,7 @@ def torchvision_model(name: str, num_classes: int, input_shape: tuple[int, ...],
         model.set_submodule(stem_name, replacement)
         if small and isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
             model.maxpool = nn.Identity()
+    setattr(model, CHANNELS_LAST, True)
     return model
 
 
@@ -168,7 +174,9 @@ def small_cnn(num_classes: int, input_shape: tuple[int, ...], channels: list[int
         in_channels = out_channels
     layers += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(in_channels * 4, hidden), nn.ReLU(inplace=True),
                nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
-    return nn.Sequential(*layers)
+    model = nn.Sequential(*layers)
+    setattr(model, CHANNELS_LAST, True)
+    return model
 
 
 def _sizes(name: str, values) -> list[int]:

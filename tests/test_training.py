@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from distill.errors import CheckpointError, TrainingError
 from distill.logit_cache import cached_logits
 from distill.models import create_model, freeze
 from distill.precision import bf16_matrix_units
-from distill.train import SoftTargets, predict_logits, train
+from distill.train import SoftTargets, image_layout, predict_logits, train
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +93,30 @@ def test_a_cnn_trains_channels_last_and_resumes_a_state_saved_in_the_usual_layou
     train(resumed, digits.x_train, digits.y_train, config, seed=3, resume_from=usual)
     for name, tensor in straight.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+class ViewFlattening(torch.nn.Module):
+    """A user's CNN as tutorials write it: `.view` fails on channels-last activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).view(len(x), -1))
+
+
+def test_channels_last_only_for_models_marked_for_it(digits):
+    images, flat = digits.x_train, digits.x_train.flatten(1)
+    assert image_layout(_small_model("cnn", digits.input_shape), images) == torch.channels_last
+    assert image_layout(create_model("torchvision:resnet18", 10, digits.input_shape), images) == torch.channels_last
+    assert image_layout(_small_model("cnn", digits.input_shape), flat) == torch.contiguous_format
+    assert image_layout(_small_model("mlp", digits.input_shape), images) == torch.contiguous_format
+    user_model = ViewFlattening()
+    assert image_layout(user_model, images) == torch.contiguous_format
+    history = train(user_model, images, digits.y_train, TrainConfig(epochs=1, batch_size=64, lr=0.1))
+    assert math.isfinite(history[0].loss)
 
 
 def test_weight_averaging_returns_the_mean_of_the_last_epochs_weights(digits):
