@@ -122,7 +122,6 @@ def main() -> None:
     write_result(args.out, "throughput", results)
 
 
-
 def cnn_layouts(inputs, labels, repeats: int, precisions: list[str]) -> dict:
     """The small CNN's part epoch in each precision, channels-last (as training runs it) and in the usual layout
     (the layout choice replaced for the comparison)."""
