@@ -104,6 +104,11 @@ def checkpoint_path(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / f"{name}.pt"
 
 
+def state_path(run_dir: str | Path, name: str) -> Path:
+    """Job `name`'s training state after its last finished epoch."""
+    return Path(run_dir) / "state" / f"{name}.pt"
+
+
 def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) -> JobResult:
     """Train `job` to the end, or reuse its finished checkpoint, or resume from its last epoch's state."""
     run_dir = Path(run_dir)
@@ -118,8 +123,8 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
     if job.initial_state is not None:
         model.load_state_dict(job.initial_state)
     model.to(device)
-    state_path = run_dir / "state" / f"{job.name}.pt"
-    resume_from = _training_state(job, state_path, run_dir, device)
+    state_file = state_path(run_dir, job.name)
+    resume_from = _training_state(job, state_file, run_dir, device)
     done = len(resume_from["history"]) if resume_from else 0
     # A resumed job keeps the precision it started in, wherever it resumes: the rest of its epochs match.
     precision = resume_from.get("precision", "fp32") if resume_from else resolve_precision(job.train.precision, device)
@@ -137,7 +142,7 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
             on_epoch(job.name, epoch, record)
 
     def save_state(state: dict) -> None:
-        atomic_torch_save(state_path, {**state, "inputs": job.inputs, "precision": precision})
+        atomic_torch_save(state_file, {**state, "inputs": job.inputs, "precision": precision})
 
     try:
         history = train(model, data.inputs, data.labels, job.train, job.weights, data.targets, job.seed,
@@ -149,7 +154,7 @@ def run_job(job: TrainJob, data: JobData, run_dir: str | Path, on_epoch=None) ->
                                input_shape=job.input_shape, seed=job.seed, config=job.config,
                                extra={"history": [to_plain(record) for record in history], "train_seconds": seconds,
                                       "inputs": job.inputs, "precision": precision})
-    state_path.unlink(missing_ok=True)
+    state_file.unlink(missing_ok=True)
     return JobResult(job.name, checksum, history, seconds, precision, resumed_from_epoch=done)
 
 
@@ -249,7 +254,7 @@ def job_files(run_dir: str | Path, name: str) -> list[Path]:
     finished, so it must never arrive first)."""
     run_dir = Path(run_dir)
     events = sorted(path for path in tensorboard_path(run_dir, name).rglob("*") if path.is_file())
-    candidates = [run_dir / "state" / f"{name}.pt", log_path(run_dir, name), *events, checkpoint_path(run_dir, name),
+    candidates = [state_path(run_dir, name), log_path(run_dir, name), *events, checkpoint_path(run_dir, name),
                   checksum_path(checkpoint_path(run_dir, name))]
     return [path for path in candidates if path.is_file()]
 
