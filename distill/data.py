@@ -177,22 +177,28 @@ def load_digits(data_root: Path, download: bool = False, test_fraction: float = 
 @register_dataset("synthetic")
 def load_synthetic(data_root: Path, download: bool = False, classes: int = 100, groups: int = 10, dim: int = 64,
                    train_per_class: int = 50, test_per_class: int = 20, group_spread: float = 6.0,
-                   class_spread: float = 1.5, noise: float = 1.0, seed: int = 0) -> Dataset:
+                   class_spread: float = 1.5, noise: float = 1.0, group_size_exponent: float = 0.0,
+                   seed: int = 0) -> Dataset:
     """A large label set with known confusable structure.
 
     Group centres are drawn with scale `group_spread` (far apart); each class centre is its group's centre plus
     an offset of scale `class_spread` (close to its siblings); each example is its class centre plus Gaussian
-    noise of scale `noise`. Class c belongs to group c % groups, so groups have equal sizes (+-1).
+    noise of scale `noise`. Group g holds a share of the classes proportional to (g + 1) ** -group_size_exponent:
+    0 gives equal sizes (+-1, class c in group c % groups); 1 gives Zipf-like sizes, a few large groups of
+    mutually confusable classes and many small ones, as in real label sets (JFT's specialists covered some classes
+    ten times and half of them never).
     """
     if classes < 2 or not 1 <= groups <= classes:
         raise ConfigError(f"synthetic data needs classes >= 2 and 1 <= groups <= classes, got {classes}, {groups}")
+    if not (isinstance(group_size_exponent, (int, float)) and 0 <= group_size_exponent <= 10):
+        raise ConfigError(f"group_size_exponent must be a number in [0, 10], got {group_size_exponent!r}")
     if dim < 1 or train_per_class < 1 or test_per_class < 1:
         raise ConfigError("synthetic data needs dim, train_per_class and test_per_class >= 1")
     examples = classes * (train_per_class + test_per_class)
     check_fits(examples * (dim * 4 + 8), f"data.options: synthetic data of classes={classes:,} x (train_per_class="
                                          f"{train_per_class:,} + test_per_class={test_per_class:,}) x dim={dim:,}")
     generator = torch.Generator().manual_seed(seed)
-    group_of_class = torch.arange(classes) % groups
+    group_of_class = _groups_of_classes(classes, groups, group_size_exponent)
     group_centres = torch.randn(groups, dim, generator=generator) * group_spread / dim**0.5
     centres = group_centres[group_of_class] + torch.randn(classes, dim, generator=generator) * class_spread / dim**0.5
 
@@ -204,6 +210,20 @@ def load_synthetic(data_root: Path, download: bool = False, classes: int = 100, 
     x_train, y_train = sample(train_per_class)
     x_test, y_test = sample(test_per_class)
     return Dataset("synthetic", x_train, y_train, x_test, y_test, num_classes=classes, groups=group_of_class)
+
+
+def _groups_of_classes(classes: int, groups: int, exponent: float) -> torch.Tensor:
+    """The group of each class: sizes proportional to (g + 1) ** -exponent (largest remainders, at least one class
+    each), classes dealt to the groups in turn, skipping full ones (equal sizes give class c group c % groups)."""
+    shares = torch.arange(1, groups + 1, dtype=torch.float64) ** -exponent
+    spare = classes - groups  # every group gets one class; the rest goes by share
+    exact = shares / shares.sum() * spare
+    sizes = exact.floor().long()
+    sizes[torch.argsort(exact - sizes, descending=True, stable=True)[: spare - int(sizes.sum())]] += 1
+    sizes += 1
+    group = torch.arange(groups).repeat_interleave(sizes)
+    rank = torch.cat([torch.arange(size) for size in sizes.tolist()])
+    return group[torch.argsort(rank * groups + group)]
 
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")

@@ -71,6 +71,25 @@ def test_synthetic_classes_in_a_group_are_closer_than_across_groups():
     assert distance[same & off_diagonal].mean() < 0.5 * distance[~same].mean()
 
 
+def test_synthetic_group_sizes_follow_the_exponent():
+    options = {"classes": 1000, "groups": 50, "dim": 8, "train_per_class": 1, "test_per_class": 1}
+    equal = load_dataset("synthetic", "unused", options)
+    assert torch.equal(equal.groups, torch.arange(1000) % 50)  # the default keeps the data sets made before
+    zipf = load_dataset("synthetic", "unused", {**options, "group_size_exponent": 1.0})
+    sizes = torch.bincount(zipf.groups, minlength=50)
+    assert sizes.sum() == 1000 and sizes.min() >= 1 and bool((sizes[:-1] >= sizes[1:]).all())
+    # Group g holds about 1 / (g + 1) of the largest group's classes: 1000 / H(50) = 222 for the first.
+    assert 200 <= sizes[0] <= 230 and 95 <= sizes[1] <= 120 and sizes[-1] <= 8
+    steep = torch.bincount(load_dataset("synthetic", "unused", {**options, "group_size_exponent": 2.0}).groups)
+    assert steep[0] > sizes[0] and steep[-1] == 1
+
+
+@pytest.mark.parametrize("exponent", [-1.0, 11, "zipf"])
+def test_synthetic_group_size_exponent_out_of_range_is_a_config_error(exponent):
+    with pytest.raises(ConfigError, match="group_size_exponent"):
+        load_dataset("synthetic", "unused", {"classes": 10, "groups": 2, "group_size_exponent": exponent})
+
+
 def test_missing_mnist_names_the_expected_files(tmp_path):
     with pytest.raises(DataError, match=r"expected train-images-idx3-ubyte.*MNIST/raw.*--download"):
         load_dataset("mnist", tmp_path)
