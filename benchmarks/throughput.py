@@ -10,7 +10,9 @@ shapes in that precision, in this process; then the bf16 epoch over the fp32 epo
 on cached soft targets (T = 20) against a hard-label epoch of the same student. For the small CNN (`cnn`, 32-64
 channels) it times a part epoch of 12,800 images in each precision in the channels-last layout training uses, and
 in the usual layout for comparison. Ratios, not wall times, are the results: both sides of each ratio run in the
-same process, interleaved epoch by epoch.
+same process, interleaved epoch by epoch. Last, where a teacher step's time goes in each precision: the same
+steps timed with one more stage of the step each time (batch and jitter, forward, loss and backward, update,
+max-norm).
 """
 
 from __future__ import annotations
@@ -22,15 +24,19 @@ from unittest import mock
 import torch
 
 from distill.config import LossWeights, TrainConfig
+from distill.data import augment_batch
+from distill.losses import distillation_loss
 from distill.memory import retain_freed_memory
 from distill.models import create_model
-from distill.precision import bf16_matrix_units
+from distill.precision import autocast, bf16_matrix_units
 import distill.train
 from distill.train import HARD_LABELS, SoftTargets, make_optimizer, make_schedule, train_epoch
 from distillery.benchmark import parser, write_result
 
 N, BATCH, INPUT = 60_000, 128, 784
 CNN_ROWS = 12_800  # a part epoch: the CNN's full epoch takes half a minute here
+STAGE_ROWS = 12_800
+STAGES = ["batch and jitter", "forward", "loss and backward", "update", "max-norm"]
 CPU = torch.device("cpu")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TEACHER = {"hidden": [1200, 1200], "dropout_input": 0.2, "dropout_hidden": 0.5, "max_norm": 3.5}
@@ -119,6 +125,8 @@ def main() -> None:
                                      "setting": "800-800 student, fp32, cached soft targets, T=20, w_soft=1, w_hard=0"}
     print(f"cached-soft-target epoch / hard-label epoch: {ratio:.3f}")
     results["cnn"] = cnn_layouts(inputs[:CNN_ROWS], labels[:CNN_ROWS], args.epochs, args.precisions)
+    results["teacher_step_stages"] = step_stages(inputs[:STAGE_ROWS], labels[:STAGE_ROWS], args.epochs,
+                                                 args.precisions)
     write_result(args.out, "throughput", results)
 
 
@@ -148,6 +156,46 @@ def cnn_layouts(inputs, labels, repeats: int, precisions: list[str]) -> dict:
             b / f for f, b in zip(seconds["fp32", "usual"], seconds["bf16", "channels_last"]))
         print(f"cnn: bf16 / fp32, both channels-last {entry['bf16_over_fp32_channels_last']:.2f}; bf16 channels-last "
               f"/ fp32 usual layout (before) {entry['bf16_channels_last_over_fp32_usual']:.2f}")
+    return entry
+
+
+def step_stages(inputs, labels, repeats: int, precisions: list[str]) -> dict:
+    """Milliseconds per teacher step with the first k stages of the training step (STAGES), k = 1 ... 5, and
+    each stage's share as the difference of consecutive lines: the step of distill.train.train_epoch, cut short."""
+    config = TrainConfig(epochs=1, batch_size=BATCH, lr=0.05, augment_shift=2)
+    milliseconds = {p: {stage: [] for stage in STAGES} for p in precisions}
+    for _ in range(repeats):
+        for precision in precisions:
+            for depth, stage in enumerate(STAGES, start=1):
+                torch.manual_seed(0)
+                model = create_model("mlp", 10, (1, 28, 28), **TEACHER).train()
+                optimizer = make_optimizer(model, config)
+                scheduler = make_schedule(optimizer, config, steps_per_epoch=-(-len(inputs) // BATCH))
+                generator = torch.Generator().manual_seed(0)
+                indices = torch.randperm(len(inputs), generator=generator).split(BATCH)
+                started = time.perf_counter()
+                for index in indices:
+                    batch = augment_batch(inputs[index], config.augment_shift, False, generator)
+                    if depth >= 2:
+                        with autocast(precision, CPU):
+                            logits = model(batch)
+                    if depth >= 3:
+                        loss = distillation_loss(logits.float(), None, labels[index], 1.0, 0.0, 1.0)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                    if depth >= 4:
+                        optimizer.step()
+                        scheduler.step()
+                    if depth >= 5:
+                        model.apply_constraints()
+                milliseconds[precision][stage].append((time.perf_counter() - started) / len(indices) * 1e3)
+    entry = {"rows": len(inputs), "cumulative_ms_per_step": milliseconds, "stage_ms": {}}
+    for precision in precisions:
+        cumulative = [statistics.median(milliseconds[precision][stage]) for stage in STAGES]
+        entry["stage_ms"][precision] = {stage: value - before for stage, value, before
+                                        in zip(STAGES, cumulative, [0.0, *cumulative])}
+        print(f"teacher step {precision}: " + ", ".join(f"{stage} {ms:.2f}" for stage, ms
+                                                       in entry["stage_ms"][precision].items()) + " ms")
     return entry
 
 

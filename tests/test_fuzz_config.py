@@ -25,8 +25,8 @@ BASE = ["data.name=synthetic", "data.options={classes: 6, groups: 2, dim: 4, tra
         "teacher.model.kwargs={hidden: [4]}", "student.model.kwargs={hidden: [4]}", "cluster.executor=local"]
 FREE_FORM = {  # mapping-valued keys and what the code behind them takes
     "model.kwargs": ["hidden", "dropout_input", "dropout_hidden", "max_norm", "channels", "dropout"],
-    "data.options": ["classes", "groups", "dim", "train_per_class", "test_per_class", "group_spread", "class_spread", "group_size_exponent",
-                     "noise", "seed"],
+    "data.options": ["classes", "groups", "dim", "train_per_class", "test_per_class", "group_spread", "class_spread",
+                     "group_size_exponent", "noise", "seed"],
 }
 
 
