@@ -64,6 +64,28 @@ class GainKept:
 
 
 @dataclass
+class CoverageSpread:
+    """One row of the paper's Table 4 over the seeds that have it: test examples per seed, the generalist's
+    accuracy and the relative top-1 change of generalist + specialists over it."""
+
+    covering: str
+    examples: Spread
+    generalist_accuracy: Spread
+    relative_change: Spread
+
+
+@dataclass
+class CoverageTrend:
+    """Table 4 over seeds, and whether the gain grows with the number of specialists covering a class: per seed,
+    the least-squares slope of the relative change against coverage (rows 1 to "10+", the last counted as 10,
+    each row weighted by its test examples), summarised over seeds with Student's t."""
+
+    rows: list[CoverageSpread]
+    slope: Spread | None  # relative change per specialist; None where no seed has two covered rows
+    slope_over_seeds: Interval | None
+
+
+@dataclass
 class SettingComparison:
     settings: dict[str, Any]  # the keys on which the compared runs differ, and this setting's values
     runs: list[str]
@@ -71,6 +93,7 @@ class SettingComparison:
     models: dict[str, ModelSummary]
     differences: list[Difference]
     gain_kept: GainKept | None = None
+    coverage: CoverageTrend | None = None  # runs with specialists
 
 
 @dataclass
@@ -127,7 +150,8 @@ def _compare_setting(runs: list[ComparedRun], study_dir: Path) -> SettingCompari
     differences = [_difference(runs, model, versus, metric)
                    for model, versus in pairs for metric in ("accuracy", "nll")]
     return SettingComparison(runs[0].settings, [os.path.relpath(run.folder, study_dir) for run in runs],
-                             [run.seed for run in runs], models, differences, _gain_kept(runs, pairs))
+                             [run.seed for run in runs], models, differences, _gain_kept(runs, pairs),
+                             _coverage_trend(runs))
 
 
 def _summary(metrics: list) -> ModelSummary:
@@ -192,6 +216,38 @@ def _gain_kept(runs: list[ComparedRun], pairs: list[tuple[str, str]]) -> GainKep
         if gain != 0:
             shares.append((_value(run.metrics, "student", "accuracy") - base_accuracy) / gain)
     return GainKept(combination, base, spread(shares)) if shares else None
+
+
+def _coverage_trend(runs: list[ComparedRun]) -> CoverageTrend | None:
+    tables = [run.metrics.specialists.gain_by_coverage for run in runs if run.metrics.specialists is not None]
+    if not tables:
+        return None
+    by_bucket: dict[str, list] = {}
+    for table in tables:
+        for row in table:
+            if row.relative_change is not None:
+                by_bucket.setdefault(row.covering, []).append(row)
+    rows = [CoverageSpread(bucket, spread([r.examples for r in found]), spread([r.generalist_accuracy for r in found]),
+                           spread([r.relative_change for r in found]))
+            for bucket, found in sorted(by_bucket.items(), key=lambda item: _coverage_count(item[0]))]
+    slopes = [slope for slope in map(_coverage_slope, tables) if slope is not None]
+    return CoverageTrend(rows, spread(slopes) if slopes else None, seed_interval(slopes))
+
+
+def _coverage_slope(table: list) -> float | None:
+    """Weighted least-squares slope of relative change against coverage over the covered rows of one run."""
+    covered = [row for row in table if _coverage_count(row.covering) >= 1 and row.relative_change is not None]
+    if len(covered) < 2:
+        return None
+    x = np.array([_coverage_count(row.covering) for row in covered], dtype=np.float64)
+    y = np.array([row.relative_change for row in covered])
+    w = np.array([row.examples for row in covered], dtype=np.float64)
+    centre = np.average(x, weights=w)
+    return float(np.sum(w * (x - centre) * (y - np.average(y, weights=w))) / np.sum(w * (x - centre) ** 2))
+
+
+def _coverage_count(covering: str) -> int:
+    return int(covering.rstrip("+"))
 
 
 def _difference(runs: list[ComparedRun], model: str, versus: str, metric: DifferenceMetric) -> Difference:

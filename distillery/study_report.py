@@ -7,7 +7,7 @@ from pathlib import Path
 from distill.intervals import Interval, Spread
 from distill.plots import pyplot, save_figure
 from distill.storage import atomic_write_text
-from distillery.comparison import Comparison, Difference, SettingComparison, setting_label
+from distillery.comparison import Comparison, CoverageTrend, Difference, SettingComparison, setting_label
 from distillery.study import Study
 
 STUDY_REPORT = "study.md"
@@ -62,7 +62,25 @@ def _setting_section(setting: SettingComparison) -> list[str]:
                       f"(student − {kept.base}) / ({kept.combination} − {kept.base}) per run: "
                       f"{_spread(kept.share, 100, 0)} % (n = {kept.share.n}; a ratio of two noisy differences: read "
                       "it with the intervals above)."]
+    if setting.coverage is not None:
+        lines += ["", *_coverage_section(setting.coverage)]
     return lines + [""]
+
+
+def _coverage_section(trend: CoverageTrend) -> list[str]:
+    lines = ["Relative top-1 change of generalist + specialists by the number of specialists covering the true class "
+             "(the paper's Table 4), mean ± sd over the seeds that have the row:", "",
+             "| specialists covering | seeds | test examples per seed | generalist accuracy (%) | relative change (%) "
+             "|", "|---|---|---|---|---|"]
+    lines += [f"| {row.covering} | {row.relative_change.n} | {_spread(row.examples, 1, 0)} | "
+              f"{_spread(row.generalist_accuracy, 100, 2)} | {_spread(row.relative_change, 100, 1)} |"
+              for row in trend.rows]
+    if trend.slope is not None:
+        lines += ["", "Does the gain grow with coverage? Per seed, the slope of the relative change against the number "
+                      "of covering specialists (rows 1 to 10+, weighted by their test examples): "
+                      f"{_spread(trend.slope, 100, 2)} % per specialist (n = {trend.slope.n}), 95 % over seeds "
+                      f"{_interval(trend.slope_over_seeds, 100)}."]
+    return lines
 
 
 def _difference_row(difference: Difference) -> str:

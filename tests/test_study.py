@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +16,10 @@ from conftest import job_events, run_metrics, set_args
 from distill.errors import ConfigError
 from distill.intervals import paired_bootstrap, seed_interval, spread
 from distillery.cli import main
+from distillery.comparison import ComparedRun, _coverage_slope, _coverage_trend
+from distillery.study_report import _coverage_section
 from distillery.study import STUDY, StudyDefinition, parse_grid, parse_seeds, read_study, study_points
+from specialists.gains import CoverageRow
 
 TINY = ["data.name=synthetic", "data.options={classes: 12, groups: 3, dim: 16, train_per_class: 30, test_per_class: 10}",
         "teacher.model.kwargs={hidden: [32]}", "teacher.train.epochs=3", "student.model.kwargs={hidden: [16]}",
@@ -84,6 +89,41 @@ def test_the_paired_bootstrap_finds_the_normal_interval_of_a_known_difference():
     assert interval.excludes_zero
     same = paired_bootstrap(np.zeros(500))
     assert (same.low, same.high, same.excludes_zero) == (0.0, 0.0, False)
+
+
+def _coverage_run(seed: int, changes: dict[str, float]) -> ComparedRun:
+    """A compared run whose only metrics are the specialists' Table 4: {covering: relative change}, 100 test
+    examples in each row but "1", which has 300."""
+    table = [CoverageRow(covering, 300 if covering == "1" else 100, 0.5, 0.5 * (1 + change), change)
+             for covering, change in changes.items()]
+    metrics = SimpleNamespace(specialists=SimpleNamespace(gain_by_coverage=table))
+    return ComparedRun(Path(f"seed={seed}"), {}, seed, metrics, None)
+
+
+def test_the_coverage_slope_is_the_weighted_least_squares_line_over_covered_rows():
+    # Rows 1, 2, "10+" (counted as 10); row 0 is left out, as the paper's shape is about covered classes.
+    run = _coverage_run(0, {"0": 0.5, "1": 0.01, "2": 0.03, "10+": 0.05})
+    x, y, w = np.array([1.0, 2.0, 10.0]), np.array([0.01, 0.03, 0.05]), np.array([300.0, 100.0, 100.0])
+    expected = np.polyfit(x, y, 1, w=np.sqrt(w))[0]  # polyfit weights multiply the residuals, not their squares
+    assert _coverage_slope(run.metrics.specialists.gain_by_coverage) == pytest.approx(expected, rel=1e-9)
+    assert _coverage_slope(_coverage_run(0, {"0": 0.1, "1": 0.2}).metrics.specialists.gain_by_coverage) is None
+
+
+def test_table_4_over_seeds_has_each_row_with_its_seeds_and_the_slope_interval():
+    runs = [_coverage_run(0, {"1": 0.01, "2": 0.02, "10+": 0.10}), _coverage_run(1, {"1": 0.00, "2": 0.04}),
+            _coverage_run(2, {"0": 0.03, "1": 0.02, "3": 0.05})]
+    trend = _coverage_trend(runs)
+    assert [(row.covering, row.relative_change.n) for row in trend.rows] == [("0", 1), ("1", 3), ("2", 2), ("3", 1),
+                                                                             ("10+", 1)]
+    assert trend.rows[1].relative_change.mean == pytest.approx(0.01)
+    slopes = [_coverage_slope(run.metrics.specialists.gain_by_coverage) for run in runs]
+    assert slopes[1] == pytest.approx(0.04) and slopes[2] == pytest.approx(0.015)  # two rows: the line through them
+    assert trend.slope.mean == pytest.approx(np.mean(slopes)) and trend.slope.n == 3
+    assert (trend.slope_over_seeds.low, trend.slope_over_seeds.high) == pytest.approx(
+        (seed_interval(slopes).low, seed_interval(slopes).high))
+    section = "\n".join(_coverage_section(trend))
+    assert "| 10+ | 1 | 100 | 50.00 | 10.0 |" in section and "% per specialist (n = 3)" in section
+    assert _coverage_trend([ComparedRun(Path("x"), {}, 0, SimpleNamespace(specialists=None), None)]) is None
 
 
 def _tiny_sweep(out, *extra):
