@@ -19,10 +19,12 @@ import numpy as np
 import yaml
 
 from distill.errors import DistilleryError
-from distill.intervals import Interval, Spread, paired_bootstrap, seed_interval, spread
+from distill.intervals import (BOOTSTRAP_SAMPLES, LEVEL, Interval, Spread, interval, paired_bootstrap,
+                               seed_interval, spread)
 from distill.outcomes import TestOutcomes, read_outcomes
 from distillery.metrics import CORRECTED_STUDENTS, RunMetrics, read_metrics
 from distillery.run_folder import CONFIG, METRICS, OUTCOMES, flat_settings
+from specialists.gains import COVERAGE_BUCKETS
 from specialists.training import COMPUTE_MATCHED
 
 DifferenceMetric = Literal["accuracy", "nll"]
@@ -83,6 +85,9 @@ class CoverageTrend:
     rows: list[CoverageSpread]
     slope: Spread | None  # relative change per specialist; None where no seed has two covered rows
     slope_over_seeds: Interval | None
+    # The mean slope over seeds with the test examples resampled (the same resample in every seed), where every run
+    # kept its per-example answers on the same test set.
+    slope_over_test_examples: Interval | None = None
 
 
 @dataclass
@@ -219,31 +224,73 @@ def _gain_kept(runs: list[ComparedRun], pairs: list[tuple[str, str]]) -> GainKep
 
 
 def _coverage_trend(runs: list[ComparedRun]) -> CoverageTrend | None:
-    tables = [run.metrics.specialists.gain_by_coverage for run in runs if run.metrics.specialists is not None]
-    if not tables:
+    runs = [run for run in runs if run.metrics.specialists is not None]
+    if not runs:
         return None
     by_bucket: dict[str, list] = {}
-    for table in tables:
-        for row in table:
+    for run in runs:
+        for row in run.metrics.specialists.gain_by_coverage:
             if row.relative_change is not None:
                 by_bucket.setdefault(row.covering, []).append(row)
     rows = [CoverageSpread(bucket, spread([r.examples for r in found]), spread([r.generalist_accuracy for r in found]),
                            spread([r.relative_change for r in found]))
             for bucket, found in sorted(by_bucket.items(), key=lambda item: _coverage_count(item[0]))]
-    slopes = [slope for slope in map(_coverage_slope, tables) if slope is not None]
-    return CoverageTrend(rows, spread(slopes) if slopes else None, seed_interval(slopes))
+    slopes = [slope for slope in (_table_slope(run.metrics.specialists.gain_by_coverage) for run in runs)
+              if slope is not None]
+    return CoverageTrend(rows, spread(slopes) if slopes else None, seed_interval(slopes),
+                         _slope_over_test_examples(runs) if slopes else None)
 
 
-def _coverage_slope(table: list) -> float | None:
-    """Weighted least-squares slope of relative change against coverage over the covered rows of one run."""
-    covered = [row for row in table if _coverage_count(row.covering) >= 1 and row.relative_change is not None]
-    if len(covered) < 2:
+def _table_slope(table: list) -> float | None:
+    """The slope of one run's Table 4 (metrics.json's rows)."""
+    rows = [row for row in table if row.relative_change is not None]
+    return coverage_slope(np.array([_coverage_count(row.covering) for row in rows]),
+                          np.array([row.relative_change for row in rows]), np.array([row.examples for row in rows]))
+
+
+def coverage_slope(covering: np.ndarray, relative_change: np.ndarray, examples: np.ndarray) -> float | None:
+    """Weighted least-squares slope of the relative change against coverage over the covered rows (covering >= 1),
+    each row weighted by its test examples; None with fewer than two such rows."""
+    covered = covering >= 1
+    x, y, w = covering[covered].astype(np.float64), relative_change[covered], examples[covered].astype(np.float64)
+    if len(x) < 2:
         return None
-    x = np.array([_coverage_count(row.covering) for row in covered], dtype=np.float64)
-    y = np.array([row.relative_change for row in covered])
-    w = np.array([row.examples for row in covered], dtype=np.float64)
     centre = np.average(x, weights=w)
     return float(np.sum(w * (x - centre) * (y - np.average(y, weights=w))) / np.sum(w * (x - centre) ** 2))
+
+
+def _slope_over_test_examples(runs: list[ComparedRun], samples: int = BOOTSTRAP_SAMPLES) -> Interval | None:
+    labels = runs[0].outcomes.labels if runs[0].outcomes is not None else None
+    if not all(run.outcomes is not None and np.array_equal(run.outcomes.labels, labels) for run in runs):
+        return None
+    examples = []  # per run: each test example's coverage bucket, and whether generalist and combination are right
+    for run in runs:
+        coverage = run.metrics.specialists.clustering.coverage().numpy()
+        generalist = next(iter(run.metrics.teacher.members))
+        answers = run.outcomes.models
+        examples.append((np.minimum(coverage[labels], COVERAGE_BUCKETS), answers[generalist].correct(labels),
+                         answers["specialists"].correct(labels)))
+    rng = np.random.default_rng(0)
+    means = []
+    for _ in range(samples):
+        index = rng.integers(0, len(labels), len(labels))
+        slopes = [_examples_slope(bucket[index], before[index], after[index]) for bucket, before, after in examples]
+        if None not in slopes:
+            means.append(np.mean(slopes))
+    if len(means) < samples / 2:
+        return None
+    low, high = np.quantile(means, [0.5 - LEVEL / 2, 0.5 + LEVEL / 2])
+    return interval(low, high)
+
+
+def _examples_slope(bucket: np.ndarray, before: np.ndarray, after: np.ndarray) -> float | None:
+    """The Table 4 slope from per-example answers, as gains.gain_by_coverage builds its rows."""
+    counts = np.bincount(bucket, minlength=COVERAGE_BUCKETS + 1)
+    right_before = np.bincount(bucket, weights=before, minlength=COVERAGE_BUCKETS + 1)
+    right_after = np.bincount(bucket, weights=after, minlength=COVERAGE_BUCKETS + 1)
+    rows = right_before > 0  # a row the generalist never gets right has no relative change
+    return coverage_slope(np.flatnonzero(rows), (right_after[rows] - right_before[rows]) / right_before[rows],
+                          counts[rows])
 
 
 def _coverage_count(covering: str) -> int:

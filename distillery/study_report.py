@@ -79,7 +79,8 @@ def _coverage_section(trend: CoverageTrend) -> list[str]:
         lines += ["", "Does the gain grow with coverage? Per seed, the slope of the relative change against the number "
                       "of covering specialists (rows 1 to 10+, weighted by their test examples): "
                       f"{_spread(trend.slope, 100, 2)} % per specialist (n = {trend.slope.n}), 95 % over seeds "
-                      f"{_interval(trend.slope_over_seeds, 100)}."]
+                      f"{_interval(trend.slope_over_seeds, 100)}, over test examples "
+                      f"{_interval(trend.slope_over_test_examples, 100)}."]
     return lines
 
 

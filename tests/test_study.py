@@ -11,14 +11,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import job_events, run_metrics, set_args
 from distill.errors import ConfigError
 from distill.intervals import paired_bootstrap, seed_interval, spread
 from distillery.cli import main
-from distillery.comparison import ComparedRun, _coverage_slope, _coverage_trend
+from distillery.comparison import ComparedRun, _coverage_trend, _examples_slope, _table_slope
 from distillery.study_report import _coverage_section
 from distillery.study import STUDY, StudyDefinition, parse_grid, parse_seeds, read_study, study_points
+from distill import outcomes
 from specialists.gains import CoverageRow
 
 TINY = ["data.name=synthetic", "data.options={classes: 12, groups: 3, dim: 16, train_per_class: 30, test_per_class: 10}",
@@ -105,8 +107,8 @@ def test_the_coverage_slope_is_the_weighted_least_squares_line_over_covered_rows
     run = _coverage_run(0, {"0": 0.5, "1": 0.01, "2": 0.03, "10+": 0.05})
     x, y, w = np.array([1.0, 2.0, 10.0]), np.array([0.01, 0.03, 0.05]), np.array([300.0, 100.0, 100.0])
     expected = np.polyfit(x, y, 1, w=np.sqrt(w))[0]  # polyfit weights multiply the residuals, not their squares
-    assert _coverage_slope(run.metrics.specialists.gain_by_coverage) == pytest.approx(expected, rel=1e-9)
-    assert _coverage_slope(_coverage_run(0, {"0": 0.1, "1": 0.2}).metrics.specialists.gain_by_coverage) is None
+    assert _table_slope(run.metrics.specialists.gain_by_coverage) == pytest.approx(expected, rel=1e-9)
+    assert _table_slope(_coverage_run(0, {"0": 0.1, "1": 0.2}).metrics.specialists.gain_by_coverage) is None
 
 
 def test_table_4_over_seeds_has_each_row_with_its_seeds_and_the_slope_interval():
@@ -116,7 +118,7 @@ def test_table_4_over_seeds_has_each_row_with_its_seeds_and_the_slope_interval()
     assert [(row.covering, row.relative_change.n) for row in trend.rows] == [("0", 1), ("1", 3), ("2", 2), ("3", 1),
                                                                              ("10+", 1)]
     assert trend.rows[1].relative_change.mean == pytest.approx(0.01)
-    slopes = [_coverage_slope(run.metrics.specialists.gain_by_coverage) for run in runs]
+    slopes = [_table_slope(run.metrics.specialists.gain_by_coverage) for run in runs]
     assert slopes[1] == pytest.approx(0.04) and slopes[2] == pytest.approx(0.015)  # two rows: the line through them
     assert trend.slope.mean == pytest.approx(np.mean(slopes)) and trend.slope.n == 3
     assert (trend.slope_over_seeds.low, trend.slope_over_seeds.high) == pytest.approx(
@@ -124,6 +126,39 @@ def test_table_4_over_seeds_has_each_row_with_its_seeds_and_the_slope_interval()
     section = "\n".join(_coverage_section(trend))
     assert "| 10+ | 1 | 100 | 50.00 | 10.0 |" in section and "% per specialist (n = 3)" in section
     assert _coverage_trend([ComparedRun(Path("x"), {}, 0, SimpleNamespace(specialists=None), None)]) is None
+
+
+def _answered_run(coverage: list[int], right_before: list[float], right_after: list[float],
+                  per_class: int = 2000) -> ComparedRun:
+    """A run with per-example answers: in class c (covered coverage[c] times) the generalist is right on the first
+    right_before[c] share of its test examples, generalist + specialists on the first right_after[c] share."""
+    labels = np.repeat(np.arange(len(coverage)), per_class)
+    position = np.tile(np.arange(per_class) / per_class, len(coverage))
+    answers = {name: outcomes.ModelOutcomes(np.where(position < np.asarray(share)[labels], labels, -1),
+                                            np.zeros(len(labels)))
+               for name, share in (("generalist", right_before), ("specialists", right_after))}
+    rows = [CoverageRow(str(coverage[c]), per_class, right_before[c], right_after[c],
+                        (right_after[c] - right_before[c]) / right_before[c]) for c in np.argsort(coverage)]
+    subsets = SimpleNamespace(coverage=lambda: torch.tensor(coverage))
+    metrics = SimpleNamespace(specialists=SimpleNamespace(gain_by_coverage=rows, clustering=subsets),
+                              teacher=SimpleNamespace(members={"generalist": "checksum"}))
+    return ComparedRun(Path("seed=0"), {}, 0, metrics, outcomes.TestOutcomes(labels, answers))
+
+
+def test_the_coverage_slope_over_test_examples_brackets_a_known_trend_and_finds_none_where_there_is_none():
+    # Coverage 0, 1, 2, 3; the generalist right on half of each class; the combination gains 0, 10 and 20 %
+    # relative at coverage 1, 2, 3 (and nothing on the uncovered class): a slope of exactly 0.10 per specialist.
+    rising = _answered_run([0, 1, 2, 3], [0.5] * 4, [0.5, 0.5, 0.55, 0.6])
+    trend = _coverage_trend([rising])
+    assert trend.slope.mean == pytest.approx(0.10)
+    labels, answers = rising.outcomes.labels, rising.outcomes.models
+    assert _examples_slope(np.array([0, 1, 2, 3])[labels], answers["generalist"].correct(labels),
+                           answers["specialists"].correct(labels)) == pytest.approx(0.10)
+    assert trend.slope_over_test_examples.low < 0.10 < trend.slope_over_test_examples.high
+    assert trend.slope_over_test_examples.excludes_zero and trend.slope_over_test_examples.high < 0.13
+    flat = _coverage_trend([_answered_run([0, 1, 2, 3], [0.5] * 4, [0.5] * 4)])
+    assert flat.slope.mean == 0 and not flat.slope_over_test_examples.excludes_zero
+    assert _coverage_trend([_coverage_run(0, {"1": 0.0, "2": 0.1})]).slope_over_test_examples is None  # no outcomes
 
 
 def _tiny_sweep(out, *extra):
