@@ -244,11 +244,11 @@ def _coverage_trend(runs: list[ComparedRun]) -> CoverageTrend | None:
 def _table_slope(table: list) -> float | None:
     """The slope of one run's Table 4 (metrics.json's rows)."""
     rows = [row for row in table if row.relative_change is not None]
-    return coverage_slope(np.array([_coverage_count(row.covering) for row in rows]),
+    return _weighted_slope(np.array([_coverage_count(row.covering) for row in rows]),
                           np.array([row.relative_change for row in rows]), np.array([row.examples for row in rows]))
 
 
-def coverage_slope(covering: np.ndarray, relative_change: np.ndarray, examples: np.ndarray) -> float | None:
+def _weighted_slope(covering: np.ndarray, relative_change: np.ndarray, examples: np.ndarray) -> float | None:
     """Weighted least-squares slope of the relative change against coverage over the covered rows (covering >= 1),
     each row weighted by its test examples; None with fewer than two such rows."""
     covered = covering >= 1
@@ -289,7 +289,7 @@ def _examples_slope(bucket: np.ndarray, before: np.ndarray, after: np.ndarray) -
     right_before = np.bincount(bucket, weights=before, minlength=COVERAGE_BUCKETS + 1)
     right_after = np.bincount(bucket, weights=after, minlength=COVERAGE_BUCKETS + 1)
     rows = right_before > 0  # a row the generalist never gets right has no relative change
-    return coverage_slope(np.flatnonzero(rows), (right_after[rows] - right_before[rows]) / right_before[rows],
+    return _weighted_slope(np.flatnonzero(rows), (right_after[rows] - right_before[rows]) / right_before[rows],
                           counts[rows])
 
 
