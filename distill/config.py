@@ -254,7 +254,10 @@ class SpecialistsConfig:
     folded into the subset's classes plus the dustbin (the paper's "soft targets as regularizers", which it
     proposed and left untried); `dustbin_correction` then adds the prior-shift correction to the dustbin logit.
     `compute_matched` (on by default) also trains the control every specialist gain should beat: the generalist
-    trained on, with its own settings, for as many example-epochs as all its specialists together. At inference a
+    trained on, with its own settings, for as many example-epochs as all its specialists together;
+    `generalist_student` (off by default: one more student to train) the control of the student's share: a student
+    of the same architecture and schedule distilled from the generalist alone, its soft targets stored as the
+    combination's are, so what the student owes to the specialists is its difference from this one. At inference a
     specialist is active when its subset holds one of the generalist's `top_n` classes, and eq. 5 is solved by
     `solver` ("em" or "gradient"). The combined
     distributions are the student's soft targets; `targets_top_k` stores only each row's k largest probabilities
@@ -268,6 +271,7 @@ class SpecialistsConfig:
     loss: LossWeights = field(default_factory=lambda: LossWeights(temperature=1.0, w_soft=0.0, w_hard=1.0))
     dustbin_correction: bool = True
     compute_matched: bool = True
+    generalist_student: bool = False
     top_n: int = 1
     solver: Eq5Solver = "em"
     targets_top_k: int | None = None

@@ -25,7 +25,7 @@ from distill.outcomes import TestOutcomes, read_outcomes
 from distillery.metrics import CORRECTED_STUDENTS, RunMetrics, read_metrics
 from distillery.run_folder import CONFIG, METRICS, OUTCOMES, flat_settings
 from specialists.gains import COVERAGE_BUCKETS
-from specialists.training import COMPUTE_MATCHED
+from specialists.training import COMPUTE_MATCHED, GENERALIST_STUDENT
 
 DifferenceMetric = Literal["accuracy", "nll"]
 MEMBER_MEAN = "member mean"
@@ -58,11 +58,14 @@ class Difference:
 @dataclass
 class GainKept:
     """The share of a combination's accuracy gain that the student keeps, per run: (student - base) /
-    (combination - base), for an ensemble over its member mean, or specialists over their generalist."""
+    (combination - base), for an ensemble over its member mean, or specialists over their generalist; with the
+    student control, also the share it owes to the specialists: (student - generalist_student) / (combination -
+    base), what distilling the generalist alone would not have given it."""
 
     combination: str
     base: str
     share: Spread
+    owed: Spread | None = None
 
 
 @dataclass
@@ -176,7 +179,8 @@ def _pairs(metrics: RunMetrics, names: list[str]) -> list[tuple[str, str]]:
         pairs += [("ensemble", MEMBER_MEAN), ("student", MEMBER_MEAN)]
     if teacher.specialists is not None:
         generalist = next(iter(teacher.members))
-        pairs += [("specialists", generalist), ("specialists", COMPUTE_MATCHED), ("student", generalist)]
+        pairs += [("specialists", generalist), ("specialists", COMPUTE_MATCHED), ("student", generalist),
+                  ("student", GENERALIST_STUDENT)]
     if "baseline" in names:
         pairs.append(("student", "baseline"))
     pairs.append(("student", teacher.reference))
@@ -214,13 +218,17 @@ def _gain_kept(runs: list[ComparedRun], pairs: list[tuple[str, str]]) -> GainKep
     (combination, base), *_ = pairs
     if combination == "student" or ("student", base) not in pairs:
         return None
-    shares = []
+    controlled = ("student", GENERALIST_STUDENT) in pairs
+    shares, owed = [], []
     for run in runs:
         base_accuracy = _value(run.metrics, base, "accuracy")
         gain = _value(run.metrics, combination, "accuracy") - base_accuracy
         if gain != 0:
-            shares.append((_value(run.metrics, "student", "accuracy") - base_accuracy) / gain)
-    return GainKept(combination, base, spread(shares)) if shares else None
+            student = _value(run.metrics, "student", "accuracy")
+            shares.append((student - base_accuracy) / gain)
+            if controlled:
+                owed.append((student - _value(run.metrics, GENERALIST_STUDENT, "accuracy")) / gain)
+    return GainKept(combination, base, spread(shares), spread(owed) if owed else None) if shares else None
 
 
 def _coverage_trend(runs: list[ComparedRun]) -> CoverageTrend | None:

@@ -43,8 +43,11 @@ class RunContext:
         return fingerprint({"data": self.data_key, **(upstream or {})})
 
     def job(self, name: str, spec: ModelSpec, data: Dataset, train_config: TrainConfig,
-            weights: LossWeights = HARD_LABELS, upstream: dict | None = None) -> TrainJob:
-        return TrainJob(name, spec, train_config, self.model_seed(name), data.num_classes, data.input_shape, weights,
+            weights: LossWeights = HARD_LABELS, upstream: dict | None = None, seed_of: str | None = None) -> TrainJob:
+        """Model `name`'s training job; `seed_of` names another model whose seed it shares (a control that should
+        differ from that model only in what it learns from)."""
+        self.seeds[name] = self.model_seed(seed_of or name)
+        return TrainJob(name, spec, train_config, self.seeds[name], data.num_classes, data.input_shape, weights,
                         to_dict(self.config), inputs=self.inputs_key(upstream))
 
     def train(self, jobs: list[tuple[TrainJob, JobData]], label: str, here: bool = False) -> list[TrainedModel]:
@@ -59,9 +62,10 @@ class RunContext:
 
     def fit(self, name: str, spec: ModelSpec, data: Dataset, inputs: Inputs, labels: torch.Tensor,
             train_config: TrainConfig, weights: LossWeights = HARD_LABELS,
-            targets: SoftTargets | TopKSoftTargets | None = None, upstream: dict | None = None) -> TrainedModel:
+            targets: SoftTargets | TopKSoftTargets | None = None, upstream: dict | None = None,
+            seed_of: str | None = None) -> TrainedModel:
         """Train model `name` in this process (its soft targets live here), or reuse / resume it."""
-        job = self.job(name, spec, data, train_config, weights, upstream)
+        job = self.job(name, spec, data, train_config, weights, upstream, seed_of)
         (model,) = self.train([(job, JobData(inputs, labels, targets, (data.x_test, data.y_test)))], name, here=True)
         return model
 

@@ -5,7 +5,8 @@
    parallel too.
 2. The transfer set and its soft targets (distillery.soft_targets), computed once and cached.
 3. The student on the soft targets, and the baseline on hard labels (here, in the driver, through the same
-   resumable `ensembles.jobs.run_job` as every model).
+   resumable `ensembles.jobs.run_job` as every model); with `specialists.generalist_student`, also a student of
+   the generalist alone, the control of what the student owes to the specialists.
 4. Evaluation (distillery.evaluation) writes metrics.json; the report (distillery.report) report.md.
 
 Every model's seed is derived from the run's seed and its name, and recorded in metrics.json. Models resume from
@@ -33,11 +34,12 @@ from distillery.metrics import RunMetrics
 from distillery.progress import Progress
 from distillery.report import report_manifest, write_report
 from distillery.run_folder import prepare_run_folder
-from distillery.soft_targets import soft_targets
+from distillery.soft_targets import generalist_soft_targets, soft_targets
 from distillery.teachers import load_teacher, train_specialists, train_teachers
 from ensembles.fanout import task_resources
 from ensembles.ray_connection import ray_session
 from specialists.specialist import output_layer
+from specialists.training import GENERALIST_STUDENT
 
 
 def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = False, progress: bool = False,
@@ -76,6 +78,13 @@ def run(config: RunConfig, out_dir: Path, data_root: Path, download: bool = Fals
     context.progress.announce("student")
     students = {"student": context.fit("student", student.model, data, inputs, labels, student.train, student.loss,
                                        targets, upstream={"teachers": teachers.checksums})}
+    if config.specialists.count and config.specialists.generalist_student:
+        context.progress.announce("student of the generalist alone")
+        generalist = {teachers.members[0].name: teachers.members[0].checksum}
+        students[GENERALIST_STUDENT] = context.fit(GENERALIST_STUDENT, student.model, data, inputs, labels,
+                                                   student.train, student.loss,
+                                                   generalist_soft_targets(context, teachers, inputs),
+                                                   upstream={"teachers": generalist}, seed_of="student")
     if config.baseline.enabled:
         context.progress.announce("baseline")
         students["baseline"] = context.fit("baseline", student.model, data, inputs, labels, student.train)

@@ -20,6 +20,7 @@ from distillery.context import RunContext
 from distillery.teachers import Teachers
 from ensembles.averaging import Ensemble, ensemble_logits
 from ensembles.fanout import predict_all
+from specialists.combiner import SpecialistEnsemble
 
 
 def soft_targets(context: RunContext, teachers: Teachers, inputs: Inputs
@@ -30,7 +31,7 @@ def soft_targets(context: RunContext, teachers: Teachers, inputs: Inputs
     if not loss.w_soft:
         return None
     if teachers.specialists:
-        return _combined_soft_targets(context, teachers, inputs)
+        return _combined_soft_targets(context, teachers.specialists.combiner, teachers.checksums, inputs)
     members = teachers.members
     if config.student.train.augments:
         if not teachers.is_ensemble:
@@ -48,12 +49,21 @@ def soft_targets(context: RunContext, teachers: Teachers, inputs: Inputs
                                               config.ensemble.weights))
 
 
-def _combined_soft_targets(context: RunContext, teachers: Teachers, inputs: Inputs
-                           ) -> SoftTargets | TopKSoftTargets:
+def generalist_soft_targets(context: RunContext, teachers: Teachers, inputs: Inputs
+                            ) -> SoftTargets | TopKSoftTargets:
+    """The student control's soft targets: the generalist's alone, computed and stored as the combination's are
+    (whole or top-k), so the two students differ only in what the specialists add."""
+    generalist = teachers.members[0]
+    return _combined_soft_targets(context, teachers.specialists.combiner.generalist_alone(),
+                                  {generalist.name: generalist.checksum}, inputs)
+
+
+def _combined_soft_targets(context: RunContext, combiner: SpecialistEnsemble, checksums: dict[str, str],
+                           inputs: Inputs) -> SoftTargets | TopKSoftTargets:
     """The combination as logits T log q, or with `targets_top_k` only each row's k largest probabilities, taken
     chunk by chunk so the whole (N, C) combination never exists (cached packed, `TopKSoftTargets.packed`)."""
-    temperature, combiner = context.config.student.loss.temperature, teachers.specialists.combiner
-    key, top_k = combiner.identity(teachers.checksums, temperature), context.config.specialists.targets_top_k
+    temperature = context.config.student.loss.temperature
+    key, top_k = combiner.identity(checksums, temperature), context.config.specialists.targets_top_k
     if top_k:
         def compute(names: list[str]) -> dict[str, torch.Tensor]:
             probs, classes = combiner.top_probs(inputs, temperature, top_k)

@@ -9,6 +9,7 @@ from distill.plots import pyplot, save_figure
 from distill.storage import atomic_write_text
 from distillery.comparison import Comparison, CoverageTrend, Difference, SettingComparison, setting_label
 from distillery.study import Study
+from specialists.training import GENERALIST_STUDENT
 
 STUDY_REPORT = "study.md"
 FIGURES = "figures"
@@ -62,6 +63,11 @@ def _setting_section(setting: SettingComparison) -> list[str]:
                       f"(student − {kept.base}) / ({kept.combination} − {kept.base}) per run: "
                       f"{_spread(kept.share, 100, 0)} % (n = {kept.share.n}; a ratio of two noisy differences: read "
                       "it with the intervals above)."]
+        if kept.owed is not None:
+            lines += ["", f"Of that gain, the share the student owes to the {kept.combination}, (student − "
+                          f"{GENERALIST_STUDENT}) / ({kept.combination} − {kept.base}) per run, against a student of "
+                          f"the same seed distilled from the {kept.base} alone: {_spread(kept.owed, 100, 0)} % (n = "
+                          f"{kept.owed.n})."]
     if setting.coverage is not None:
         lines += ["", *_coverage_section(setting.coverage)]
     return lines + [""]

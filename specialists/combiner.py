@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -37,6 +37,12 @@ class SpecialistEnsemble:
         self.membership = torch.zeros(len(self.subsets), self.num_classes, dtype=torch.bool)
         for m, subset in enumerate(self.subsets):
             self.membership[m, subset] = True
+
+    def generalist_alone(self) -> SpecialistEnsemble:
+        """The same combination without specialists: q is the generalist's distribution (the student control's
+        teacher, computed and stored as the combination is)."""
+        return replace(self, specialists=[], subsets=[], dustbin_shifts=[],
+                                   precisions=self.precisions[:1])
 
     def identity(self, checksums: dict[str, str], temperature: float) -> str:
         """A checksum-like key of this combination at `temperature` (the soft-target cache's key), given the
@@ -76,6 +82,8 @@ class SpecialistEnsemble:
         dtype = torch.float32 if self.solver == "em" else torch.float64
         generalist_probs = torch.softmax(generalist_logits.double() / temperature, dim=1).to(dtype)
         active = active_specialists(generalist_logits, self.membership.to(inputs.device), self.top_n)
+        if not active.any():  # eq. 5 without a specialist term is solved by the generalist's own distribution
+            return generalist_probs.clamp_min(torch.finfo(dtype).tiny).log().float()
         outputs = {}
         for m, (specialist, shift, precision) in enumerate(zip(self.specialists, self.dustbin_shifts,
                                                                self.precisions[1:])):

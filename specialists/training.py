@@ -26,6 +26,7 @@ from specialists.specialist import (dustbin_shift, penultimate_features, special
 
 INIT_ROWS = 10_000  # training inputs the dustbin row is fitted on: enough for a least-squares fit of ~1,000 weights
 COMPUTE_MATCHED = "generalist_matched"  # the control's model name
+GENERALIST_STUDENT = "generalist_student"  # the student control's model name: distilled from the generalist alone
 
 
 @dataclass

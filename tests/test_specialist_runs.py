@@ -11,7 +11,7 @@ from distillery.pipeline import run
 from specialists.clustering import read_subsets, subsets_path
 from distill.data import load_synthetic
 from specialists.specialist import specialist_data, specialist_labels
-from specialists.training import COMPUTE_MATCHED, matched_epochs
+from specialists.training import COMPUTE_MATCHED, GENERALIST_STUDENT, matched_epochs
 
 pytestmark = pytest.mark.slow
 
@@ -80,10 +80,10 @@ def test_specialists_train_in_parallel_on_the_ray_cluster(ray_cluster, finished,
         assert metrics.models[name].errors == local.models[name].errors
 
 
-def test_soft_target_specialists_top_k_targets_and_the_compute_matched_control(tmp_path):
+def test_soft_target_specialists_top_k_targets_and_both_controls(tmp_path):
     out = tmp_path / "run"
     extra = ["cluster.executor=local", "specialists.compute_matched=true", "specialists.targets_top_k=3",
-             "specialists.loss={temperature: 2.0, w_soft: 0.5, w_hard: 0.5}"]
+             "specialists.loss={temperature: 2.0, w_soft: 0.5, w_hard: 0.5}", "specialists.generalist_student=true"]
     assert main(["run", "--out", str(out), *set_args([*SPECIALISTS, *extra])]) == 0
     metrics = run_metrics(out)
     control = metrics.specialists.compute_matched
@@ -100,6 +100,13 @@ def test_soft_target_specialists_top_k_targets_and_the_compute_matched_control(t
     _, payload = load_checkpoint(out / "specialist_0.pt")
     assert payload["config"]["specialists"]["loss"]["w_soft"] == 0.5
     assert "against the generalist trained" in (out / "report.md").read_text()
+    # the student control: the student's seed and schedule, the generalist's own top-3 soft targets
+    assert metrics.run.seeds[GENERALIST_STUDENT] == metrics.run.seeds["student"]
+    assert len(metrics.history[GENERALIST_STUDENT]) == len(metrics.history["student"]) == 3
+    assert metrics.models[GENERALIST_STUDENT].agreement is not None
+    control_student, _ = load_checkpoint(out / f"{GENERALIST_STUDENT}.pt")
+    student, _ = load_checkpoint(out / "student.pt")
+    assert not torch.equal(control_student.net[1].weight, student.net[1].weight)  # the targets differ, nothing else
 
 
 def test_specialist_labels_map_subset_positions_and_dustbin():

@@ -197,3 +197,21 @@ def test_top_k_combination_is_taken_chunk_by_chunk_and_packs_for_the_cache(group
     targets = TopKSoftTargets(probs, classes, 20)
     again = TopKSoftTargets.unpacked(targets.packed(), 20)
     assert torch.equal(again.probs, probs) and torch.equal(again.classes, classes)
+
+
+def test_the_generalist_alone_is_the_combination_without_specialists(grouped_data, generalist):
+    subsets = [[0, 4, 8, 12, 16]]
+    specialist = create_model("mlp", len(subsets[0]) + 1, grouped_data.input_shape, hidden=[32])
+    specialist.load_state_dict(specialist_state(generalist, subsets[0],
+                                                penultimate_features(generalist, grouped_data.x_train)))
+    combiner = SpecialistEnsemble(generalist, [specialist.eval()], subsets, [0.5], precisions=["fp32", "bf16"])
+    alone = combiner.generalist_alone()
+    assert (alone.specialists, alone.subsets, alone.precisions) == ([], [], ["fp32"])
+    assert alone.identity({"generalist": "c"}, 2.0) != combiner.identity({"generalist": "c"}, 2.0)
+    inputs = torch.cat([grouped_data.x_train, grouped_data.x_test])
+    with torch.no_grad():
+        expected = torch.log_softmax(generalist(inputs).double() / 2.0, dim=1).float()
+    torch.testing.assert_close(alone.log_probs(inputs, temperature=2.0), expected)
+    assert not torch.allclose(combiner.log_probs(inputs, temperature=2.0), expected, atol=1e-3)
+    probs, classes = alone.top_probs(inputs, temperature=2.0, k=3)
+    torch.testing.assert_close(probs, expected.exp().topk(3, dim=1).values)

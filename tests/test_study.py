@@ -17,8 +17,8 @@ from conftest import job_events, run_metrics, set_args
 from distill.errors import ConfigError
 from distill.intervals import paired_bootstrap, seed_interval, spread
 from distillery.cli import main
-from distillery.comparison import ComparedRun, _coverage_trend, _examples_slope, _table_slope
-from distillery.study_report import _coverage_section
+from distillery.comparison import ComparedRun, _coverage_trend, _examples_slope, _gain_kept, _table_slope
+from distillery.study_report import _coverage_section, _setting_section
 from distillery.study import STUDY, StudyDefinition, parse_grid, parse_seeds, read_study, study_points
 from distill import outcomes
 from specialists.gains import CoverageRow
@@ -126,6 +126,22 @@ def test_table_4_over_seeds_has_each_row_with_its_seeds_and_the_slope_interval()
     section = "\n".join(_coverage_section(trend))
     assert "| 10+ | 1 | 100 | 50.00 | 10.0 |" in section and "% per specialist (n = 3)" in section
     assert _coverage_trend([ComparedRun(Path("x"), {}, 0, SimpleNamespace(specialists=None), None)]) is None
+
+
+def test_the_student_control_says_which_share_of_the_gain_the_student_owes_to_the_specialists():
+    # (generalist, specialists, student, student of the generalist alone) per seed, in accuracy
+    seeds = [(0.50, 0.54, 0.55, 0.53), (0.40, 0.42, 0.43, 0.43)]
+    runs = [ComparedRun(Path(f"seed={seed}"), {}, seed, SimpleNamespace(models={
+        name: SimpleNamespace(accuracy=value)
+        for name, value in zip(("generalist", "specialists", "student", "generalist_student"), values)}), None)
+        for seed, values in enumerate(seeds)]
+    pairs = [("specialists", "generalist"), ("student", "generalist"), ("student", "generalist_student")]
+    kept = _gain_kept(runs, pairs)
+    assert kept.share.mean == pytest.approx(np.mean([0.05 / 0.04, 0.03 / 0.02]))
+    assert kept.owed.mean == pytest.approx(np.mean([0.02 / 0.04, 0.0]))
+    assert _gain_kept(runs, pairs[:2]).owed is None
+    setting = SimpleNamespace(settings={}, seeds=[0, 1], models={}, differences=[], gain_kept=kept, coverage=None)
+    assert "the share the student owes to the specialists" in "\n".join(_setting_section(setting))
 
 
 def _answered_run(coverage: list[int], right_before: list[float], right_after: list[float],
