@@ -366,11 +366,13 @@ def _local_or_under(path: str, data_root: Path) -> Path:
 
 @register_dataset("omniglot")
 def load_omniglot(data_root: Path, download: bool = False, subset: str = "background", size: int = 28,
-                  train_per_class: int = 15) -> Dataset:
+                  train_per_class: int = 15, alphabets: list[int] | None = None) -> Dataset:
     """Omniglot characters as classes, resized to `size` x `size`; the alphabet of each class is its group.
 
     `subset` is "background", "evaluation" or "all". Each character has 20 drawings; the first
-    `train_per_class` (in file-name order) are training data, the rest test data: a fixed split.
+    `train_per_class` (in file-name order) are training data, the rest test data: a fixed split. `alphabets`
+    keeps only those alphabets (their positions in name order, from 0), a label set of its own: its characters
+    are the classes 0..C-1 in the same order, its alphabets the groups 0..len-1.
     The root may hold `images_background/` (or `omniglot-py/images_background/`) or the zip
     `omniglot-background.zip`, which is unpacked once into the per-user cache.
     """
@@ -389,9 +391,27 @@ def load_omniglot(data_root: Path, download: bool = False, subset: str = "backgr
         atomic_torch_save(cached, tensors)
     images, labels, groups = tensors["images"], tensors["labels"], tensors["groups"]
     drawing = tensors["drawing"]
+    if alphabets is not None:
+        images, labels, drawing, groups = _alphabets_only(images, labels, drawing, groups, alphabets)
     train = drawing < train_per_class
     return Dataset("omniglot", images[train], labels[train], images[~train], labels[~train],
                    num_classes=len(groups), groups=groups)
+
+
+def _alphabets_only(images: torch.Tensor, labels: torch.Tensor, drawing: torch.Tensor, groups: torch.Tensor,
+                    alphabets: list[int]) -> tuple[torch.Tensor, ...]:
+    """The drawings of `alphabets` only, their characters renumbered 0..C-1 and their alphabets 0..len-1."""
+    count = int(groups.max()) + 1
+    if not alphabets or len(set(alphabets)) != len(alphabets) or not all(0 <= a < count for a in alphabets):
+        raise ConfigError(f"data.options.alphabets must be distinct alphabet positions in 0..{count - 1}, "
+                          f"got {alphabets}")
+    kept_classes = torch.isin(groups, torch.tensor(alphabets)).nonzero().squeeze(1)
+    new_label = torch.full((len(groups),), -1, dtype=torch.long)
+    new_label[kept_classes] = torch.arange(len(kept_classes))
+    new_group = torch.full((count,), -1, dtype=torch.long)
+    new_group[sorted(alphabets)] = torch.arange(len(alphabets))
+    rows = new_label[labels] >= 0
+    return images[rows], new_label[labels[rows]], drawing[rows], new_group[groups[kept_classes]]
 
 
 def _omniglot_folder(root: Path, name: str) -> Path:

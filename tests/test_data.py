@@ -40,6 +40,20 @@ def test_omniglot_background_classes_alphabets_and_split(data_root):
     torch.testing.assert_close(again.x_test, data.x_test)
 
 
+@pytest.mark.slow
+def test_omniglot_alphabets_are_a_label_set_of_their_own(data_root):
+    every = load_dataset("omniglot", data_root, {"subset": "background"})
+    data = load_dataset("omniglot", data_root, {"subset": "background", "alphabets": [29, 2]})
+    kept = torch.isin(every.groups, torch.tensor([2, 29])).nonzero().squeeze(1)  # classes in order, alphabet 2 first
+    assert data.num_classes == len(kept) and data.groups.tolist() == [0 if g == 2 else 1 for g in every.groups[kept]]
+    assert torch.bincount(data.y_train).tolist() == [15] * len(kept)
+    first_of_29 = int((every.groups[kept] == 29).nonzero()[0])
+    torch.testing.assert_close(data.x_test[data.y_test == first_of_29], every.x_test[every.y_test == kept[first_of_29]])
+    for bad in ([], [0, 0], [30]):
+        with pytest.raises(ConfigError, match="data.options.alphabets must be distinct alphabet positions in 0..29"):
+            load_dataset("omniglot", data_root, {"subset": "background", "alphabets": bad})
+
+
 def test_omniglot_evaluation_subset_is_missing_with_a_clear_message(data_root):
     with pytest.raises(DataError, match="images_evaluation"):
         load_dataset("omniglot", data_root, {"subset": "evaluation"})
