@@ -52,7 +52,10 @@ def soft_targets(context: RunContext, teachers: Teachers, inputs: Inputs
 def generalist_soft_targets(context: RunContext, teachers: Teachers, inputs: Inputs
                             ) -> SoftTargets | TopKSoftTargets:
     """The student control's soft targets: the generalist's alone, computed and stored as the combination's are
-    (whole or top-k), so the two students differ only in what the specialists add."""
+    (whole or top-k), so the two students differ only in what the specialists add; None when the student learns
+    from labels only."""
+    if not context.config.student.loss.w_soft:
+        return None
     generalist = teachers.members[0]
     return _combined_soft_targets(context, teachers.specialists.combiner.generalist_alone(),
                                   {generalist.name: generalist.checksum}, inputs)
