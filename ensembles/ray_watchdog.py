@@ -63,6 +63,11 @@ def watch(driver: int, poll: float = 1.0) -> None:
         processes = _processes()
         noted = {pid: processes[pid][2] for pid in _descendants(driver, processes) if pid != own and _is_ray(pid)}
         time.sleep(poll)
+    # What a noted process started since the last look (a worker, under load) is still its child now; after the
+    # grace its parent may have exited and left it to init, out of reach of the descendant walk below.
+    processes = _processes()
+    for pid in [pid for pid in noted if pid in processes and processes[pid][2] == noted[pid]]:
+        noted |= {child: processes[child][2] for child in _descendants(pid, processes) if child != own}
     time.sleep(GRACE_SECONDS)
     processes = _processes()
     # the same processes (a pid reused since has another start time), and whatever they started meanwhile
