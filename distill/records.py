@@ -12,11 +12,14 @@ them from the same alias (`typing.get_args`).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal
 
 from distill.errors import DistilleryError
+
+_ASCII_INTEGER = re.compile(r"-?[0-9]+")  # str.isdigit() also accepts superscripts and other digits int() refuses
 
 
 def to_plain(record: Any) -> Any:
@@ -103,7 +106,7 @@ class _Reader:
             return value
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
-        if hint is int and isinstance(value, str) and value.lstrip("-").isdigit():
+        if hint is int and isinstance(value, str) and _ASCII_INTEGER.fullmatch(value):
             return int(value)  # mapping keys such as class ids arrive as strings from --set and from JSON
         if hint is float and isinstance(value, str):
             try:

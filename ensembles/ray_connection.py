@@ -62,7 +62,7 @@ def _watch_driver() -> None:
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     """Fail in seconds on a HOST:PORT nobody listens at: ray.init would keep retrying for minutes."""
     host, _, port = (address or "").rpartition(":")
-    if not host or not port.isdigit() or "://" in address:
+    if not host or not (port.isascii() and port.isdigit()) or "://" in address:
         return  # "local", "auto" and ray:// client addresses: Ray resolves and reports those itself
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()

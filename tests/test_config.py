@@ -81,6 +81,7 @@ def test_yaml_model_section_replaces_the_default_kwargs(tmp_path):
     ("teacher.train.lr=-0.1", "teacher.train.lr"),
     ("teacher.train.schedule=cosine", "teacher.train.schedule"),
     ("seed=-1", "seed"),
+    ("seed=²", "seed"),
     ("transfer.omit_classes=3", "transfer.omit_classes"),
     ("student.train=5", "student.train"),
     ("device=tpu", "device"),
