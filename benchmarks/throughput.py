@@ -6,13 +6,15 @@ plain one.
 For the paper's 1200-1200 teacher (dropout, max-norm, 2-pixel jitter) and 800-800 student at batch 128 on
 MNIST-shaped data, in each precision, it reports the epoch time and the achieved training FLOP/s (the GEMM work of
 forward and backward, counted exactly) as a share of the FLOP/s that torch.mm reaches on the very same matrix
-shapes in that precision, in this process; then the bf16 epoch over the fp32 epoch. It also times a student epoch
+shapes in that precision, in this process; then the bf16 epoch over the fp32 epoch. bf16 is timed twice: as
+training runs it (the fused update of distill/bf16_step.py where it applies) and with torch's autocast step
+(`bf16_autocast`, what bf16 training was before the fused update). It also times a student epoch
 on cached soft targets (T = 20) against a hard-label epoch of the same student. For the small CNN (`cnn`, 32-64
 channels) it times a part epoch of 12,800 images in each precision in the channels-last layout training uses, and
 in the usual layout for comparison. Ratios, not wall times, are the results: both sides of each ratio run in the
 same process, interleaved epoch by epoch. Last, where a teacher step's time goes in each precision: the same
 steps timed with one more stage of the step each time (batch and jitter, forward, loss and backward, update,
-max-norm).
+max-norm), on the autocast path.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from unittest import mock
 
 import torch
 
+from distill.bf16_step import fused_step_available
 from distill.config import LossWeights, TrainConfig
 from distill.data import augment_batch
 from distill.losses import distillation_loss
@@ -38,7 +41,7 @@ CNN_ROWS = 12_800  # a part epoch: the CNN's full epoch takes half a minute here
 STAGE_ROWS = 12_800
 STAGES = ["batch and jitter", "forward", "loss and backward", "update", "max-norm"]
 CPU = torch.device("cpu")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16_autocast": torch.bfloat16}
 TEACHER = {"hidden": [1200, 1200], "dropout_input": 0.2, "dropout_hidden": 0.5, "max_norm": 3.5}
 STUDENT = {"hidden": [800, 800]}
 
@@ -69,6 +72,7 @@ def gemm_seconds_per_step(widths: list[int], dtype: torch.dtype, repeats: int = 
 
 def time_epoch(kwargs: dict, config: TrainConfig, weights: LossWeights, inputs, labels, targets=None,
                precision: str = "fp32", model_name: str = "mlp") -> float:
+    """Seconds of one epoch; `precision` "bf16_autocast" is bf16 without the fused update."""
     torch.manual_seed(0)
     model = create_model(model_name, 10, (1, 28, 28), **kwargs)
     model.to(memory_format=distill.train.image_layout(model, inputs))  # as distill.train.train does
@@ -76,7 +80,8 @@ def time_epoch(kwargs: dict, config: TrainConfig, weights: LossWeights, inputs, 
     scheduler = make_schedule(optimizer, config, steps_per_epoch=-(-N // BATCH))
     generator = torch.Generator().manual_seed(0)
     started = time.perf_counter()
-    train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator, precision)
+    train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator,
+                precision.removesuffix("_autocast"), fused=not precision.endswith("_autocast"))
     return time.perf_counter() - started
 
 
@@ -91,17 +96,19 @@ def main() -> None:
     results = {"batch_size": BATCH, "epochs_timed": args.epochs, "bf16_matrix_units": bf16_matrix_units(CPU),
                "models": {}}
     steps = -(-N // BATCH)
+    modes = [*args.precisions, *(["bf16_autocast"] if "bf16" in args.precisions else [])]
+    results["fused_bf16_update"] = fused_step_available()
     for name, kwargs, shift in [("teacher_1200_1200", TEACHER, 2), ("student_800_800", STUDENT, 0)]:
         widths = [INPUT, *kwargs["hidden"], 10]
         config = TrainConfig(epochs=1, batch_size=BATCH, lr=0.05, augment_shift=shift)
         flops = training_flops_per_example(widths)
-        epochs, gemms = {p: [] for p in args.precisions}, {p: [] for p in args.precisions}
+        epochs, gemms = {p: [] for p in modes}, {p: [] for p in modes}
         for _ in range(args.epochs):  # precisions interleaved, each GEMM timed right after its epoch: speed drifts
-            for precision in args.precisions:
+            for precision in modes:
                 epochs[precision].append(time_epoch(kwargs, config, HARD_LABELS, inputs, labels, precision=precision))
                 gemms[precision].append(gemm_seconds_per_step(widths, DTYPES[precision]) * steps)
         entry = {"augment_shift": shift}
-        for precision in args.precisions:
+        for precision in modes:
             epoch = statistics.median(epochs[precision])
             share = statistics.median(gemm / seconds for gemm, seconds in zip(gemms[precision], epochs[precision]))
             entry[precision] = {"epoch_seconds": epochs[precision], "gemm_seconds_per_epoch": gemms[precision],
@@ -111,8 +118,11 @@ def main() -> None:
             print(f"{name} {precision}: epoch {epoch:.2f} s, {flops * N / epoch / 1e9:.1f} GFLOP/s, "
                   f"{share:.1%} of torch.mm's rate on the same shapes in {precision}")
         if len(args.precisions) == 2:
-            entry["bf16_over_fp32_epoch"] = statistics.median(b / f for f, b in zip(epochs["fp32"], epochs["bf16"]))
-            print(f"{name}: bf16 epoch / fp32 epoch (median of paired epochs) {entry['bf16_over_fp32_epoch']:.2f}")
+            for bf16 in ("bf16", "bf16_autocast"):
+                entry[f"{bf16}_over_fp32_epoch"] = statistics.median(
+                    b / f for f, b in zip(epochs["fp32"], epochs[bf16]))
+                print(f"{name}: {bf16} epoch / fp32 epoch (median of paired epochs) "
+                      f"{entry[f'{bf16}_over_fp32_epoch']:.2f}")
         results["models"][name] = entry
     config = TrainConfig(epochs=1, batch_size=BATCH, lr=0.05)
     plain, distilled = [], []

@@ -149,13 +149,17 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def row_norm_caps(self) -> dict[str, float]:
+        """Parameter name -> the largest L2 norm one of its rows (a unit's incoming weights) may have."""
+        if self.max_norm is None:
+            return {}
+        return {f"net.{i}.weight": self.max_norm for i, layer in enumerate(self.net) if isinstance(layer, nn.Linear)}
+
     @torch.no_grad()
     def apply_constraints(self) -> None:
-        if self.max_norm is None:
-            return
-        for layer in self.net:
-            if isinstance(layer, nn.Linear):
-                layer.weight.renorm_(p=2, dim=0, maxnorm=self.max_norm)
+        params = dict(self.named_parameters())
+        for name, cap in self.row_norm_caps().items():
+            params[name].renorm_(p=2, dim=0, maxnorm=cap)
 
 
 @register_model("cnn")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from distill.bf16_step import FusedBf16Step, fusable
 from distill.config import LossWeights, TrainConfig
 from distill.data import augment_batch
 from distill.errors import TrainingError
@@ -195,31 +196,55 @@ def _match_weight_layouts(optimizer: torch.optim.Optimizer) -> None:
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, inputs: Inputs,
                 labels: torch.Tensor, config: TrainConfig, weights: LossWeights,
                 targets: SoftTargets | TopKSoftTargets | None,
-                generator: torch.Generator, precision: ComputePrecision = "fp32") -> float:
+                generator: torch.Generator, precision: ComputePrecision = "fp32", fused: bool = True) -> float:
     """One pass over the inputs in a random order; returns the mean loss. The model's matrix products run in
-    `precision`; the loss, the gradients reaching the weights and the update stay fp32."""
+    `precision`; the loss and the update stay fp32 (`fused`: with distill/bf16_step.py's update where it applies)."""
     model.train()
     order = torch.randperm(len(inputs), generator=generator, device=inputs.device)
     total = torch.zeros((), device=inputs.device)
-    constrain = getattr(model, "apply_constraints", None)
+    step = weight_step(model, optimizer, precision, inputs.device, fused)
     layout = image_layout(model, inputs)
     indices = order.split(config.batch_size)
     for index, batch in zip(indices, batches_of(inputs, indices)):
         batch = augment_batch(batch, config.augment_shift, config.augment_flip, generator).contiguous(
             memory_format=layout)
         teacher_probs = targets.batch(index, batch, weights.temperature) if weights.w_soft else None
-        with autocast(precision, inputs.device):
-            logits = model(batch)
+        logits = step.forward(batch)
         loss = distillation_loss(logits.float(), teacher_probs, labels[index], weights.temperature,
                                  weights.w_soft, weights.w_hard)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step.update(loss)
         scheduler.step()
-        if constrain is not None:
-            constrain()
         total += loss.detach() * len(index)
     return total.item() / len(inputs)
+
+
+class AutocastStep:
+    """A training step as torch runs it: the forward pass under autocast in `precision`, fp32 gradients reaching
+    the weights, the optimizer's update, then the model's constraints (max-norm)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: ComputePrecision,
+                 device: torch.device):
+        self.model, self.optimizer, self.precision, self.device = model, optimizer, precision, device
+        self.constrain = getattr(model, "apply_constraints", None)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision, self.device):
+            return self.model(batch)
+
+    def update(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.constrain is not None:
+            self.constrain()
+
+
+def weight_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: ComputePrecision,
+                device: torch.device, fused: bool = True) -> AutocastStep | FusedBf16Step:
+    """The fused bf16 step where it applies (bf16 on a CPU, SGD, the kernel built), else torch's."""
+    if fused and precision == "bf16" and fusable(model, optimizer, device):
+        return FusedBf16Step(model, optimizer)
+    return AutocastStep(model, optimizer, precision, device)
 
 
 def image_layout(model: nn.Module, inputs: Inputs) -> torch.memory_format:

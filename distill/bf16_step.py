@@ -1,0 +1,158 @@
+"""The bf16 training step on the CPU with the weight update fused into one pass per weight.
+
+Under `torch.autocast` every step casts each fp32 weight to bf16 for the forward pass and each bf16 weight gradient
+back to fp32 for the update; then the optimizer, the max-norm constraint and the next step's cast each read and
+write the weights again. For an MLP on a CPU these passes are bound by memory bandwidth and cost as much as the
+bf16 matrix products themselves (docs/results.md, "bf16 against fp32"). Here the forward and backward passes run on
+bf16 copies of the weights that persist between steps, and one C++ loop per weight reads the bf16 gradient,
+applies SGD with (Nesterov) momentum and weight decay to the fp32 weight and its momentum, caps each row's norm
+(max-norm) and writes the bf16 copy the next step uses: one read and one write of each array instead of four.
+
+The arithmetic is torch's SGD and `renorm_` in fp32; the weights, the momentum (in the optimizer's state, where
+torch keeps it) and so checkpoints and resumes are those of the autocast path. The loop is compiled on first use
+with `torch.utils.cpp_extension` (a C++ compiler and ninja); where that fails, training takes the autocast path.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import platform
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+log = logging.getLogger(__name__)
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <cmath>
+#include <cstring>
+
+static inline float from_bf16(uint16_t h) { uint32_t b = uint32_t(h) << 16; float f; std::memcpy(&f, &b, 4); return f; }
+
+// Round to nearest even, as torch's cast does for finite values; a NaN stays a NaN (quiet bit set).
+static inline uint16_t to_bf16(float f) {
+  uint32_t b; std::memcpy(&b, &f, 4);
+  if ((b & 0x7fffffffu) > 0x7f800000u) return uint16_t((b >> 16) | 0x40u);
+  return uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+// One SGD step on an fp32 weight of `rows` rows: d = g + decay w; m = d (first step) or mu m + d;
+// w -= lr (d + mu m) with Nesterov, lr m without; a row whose norm exceeds max_norm > 0 is scaled to
+// max_norm / (norm + 1e-7) of itself (torch.renorm); copy = bf16(w).
+void sgd_step(torch::Tensor weight, torch::Tensor momentum, torch::Tensor grad, torch::Tensor copy, double lr,
+              double mu, bool nesterov, double decay, double max_norm, bool first) {
+  const int64_t rows = weight.dim() < 2 ? 1 : weight.size(0);
+  const int64_t cols = weight.numel() / rows;
+  float* w = weight.data_ptr<float>();
+  float* m = momentum.data_ptr<float>();
+  const uint16_t* g = reinterpret_cast<const uint16_t*>(grad.data_ptr<at::BFloat16>());
+  uint16_t* c = reinterpret_cast<uint16_t*>(copy.data_ptr<at::BFloat16>());
+  const float rate = lr, mom = mu, wd = decay, cap = max_norm;
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* wr = w + r * cols; float* mr = m + r * cols;
+      const uint16_t* gr = g + r * cols; uint16_t* cr = c + r * cols;
+      float squares = 0.f;
+      #pragma omp simd reduction(+:squares)
+      for (int64_t k = 0; k < cols; ++k) {
+        const float d = wd != 0.f ? from_bf16(gr[k]) + wd * wr[k] : from_bf16(gr[k]);  // as torch: no 0 * inf
+        const float mk = first ? d : mom * mr[k] + d;
+        mr[k] = mk;
+        const float wk = wr[k] - rate * (nesterov ? d + mom * mk : mk);
+        wr[k] = wk;
+        squares += wk * wk;
+      }
+      const float norm = std::sqrt(squares);
+      if (cap > 0.f && norm > cap) {
+        const float scale = cap / (norm + 1e-7f);
+        #pragma omp simd
+        for (int64_t k = 0; k < cols; ++k) wr[k] *= scale;
+      }
+      #pragma omp simd
+      for (int64_t k = 0; k < cols; ++k) cr[k] = to_bf16(wr[k]);
+    }
+  });
+}
+"""
+
+
+@functools.cache
+def _kernel():
+    """The compiled extension, or None where it cannot be built (no compiler, no ninja)."""
+    from torch.utils.cpp_extension import load_inline
+
+    # -march=native: the build is for this CPU only, so its name carries the CPU's instruction sets (a home folder
+    # shared by a cluster's different hosts must not hand one host's build to another).
+    name = f"distillery_bf16_step_{_cpu_fingerprint()}"
+    try:
+        return load_inline(name, cpp_sources=_SOURCE, functions=["sgd_step"],
+                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+    except Exception as error:  # noqa: BLE001 (a missing compiler surfaces as many kinds of error)
+        log.warning("the fused bf16 update could not be compiled (%s); bf16 training uses torch.autocast",
+                    str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return None
+
+
+def _cpu_fingerprint() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "") \
+        if cpuinfo.exists() else ""
+    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:12]
+
+
+def fused_step_available() -> bool:
+    return _kernel() is not None
+
+
+def fusable(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> bool:
+    """Whether `model` can train with the fused step: on a CPU, dense fp32 parameters, SGD with momentum in one
+    group, and no constraint other than a row-norm cap it declares (`row_norm_caps`)."""
+    params, groups = list(model.parameters()), optimizer.param_groups
+    return (device.type == "cpu" and isinstance(optimizer, torch.optim.SGD) and len(groups) == 1
+            and groups[0]["params"] == params and groups[0]["momentum"] > 0 and groups[0]["dampening"] == 0
+            and not groups[0]["maximize"]
+            and all(p.dtype == torch.float32 and p.is_contiguous() for p in params)
+            and (not hasattr(model, "apply_constraints") or hasattr(model, "row_norm_caps"))
+            and fused_step_available())
+
+
+class FusedBf16Step:
+    """Forward and backward on persistent bf16 copies of the weights; `update` is the fused SGD step above."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.SGD):
+        self.model, self.optimizer = model, optimizer
+        self.params = dict(model.named_parameters())
+        self.copies = {name: p.detach().to(torch.bfloat16).requires_grad_(p.requires_grad)
+                       for name, p in self.params.items()}
+        caps = model.row_norm_caps() if hasattr(model, "row_norm_caps") else {}
+        self.caps = {name: caps.get(name, 0.0) for name in self.params}
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # casts the batch and anything outside the weights
+            return functional_call(self.model, self.copies, (batch,))
+
+    @torch.no_grad()
+    def update(self, loss: torch.Tensor) -> None:
+        for copy in self.copies.values():
+            copy.grad = None
+        with torch.enable_grad():
+            loss.backward()
+        group = self.optimizer.param_groups[0]
+        for name, param in self.params.items():
+            if self.copies[name].grad is None:  # frozen, or unused by this loss: torch's SGD leaves it too
+                continue
+            state = self.optimizer.state[param]
+            first = state.get("momentum_buffer") is None
+            if first:
+                state["momentum_buffer"] = torch.empty_like(param)
+            _kernel().sgd_step(param, state["momentum_buffer"], self.copies[name].grad, self.copies[name],
+                               float(group["lr"]), group["momentum"], group["nesterov"], group["weight_decay"],
+                               self.caps[name], first)
+        # The weights themselves hold no gradients, so this step changes nothing; it is the step a learning-rate
+        # schedule counts (it warns when stepped without one).
+        self.optimizer.step()

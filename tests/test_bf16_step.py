@@ -1,0 +1,140 @@
+"""The fused bf16 step (distill/bf16_step.py) computes what torch's autocast step computes: SGD, max-norm and the
+bf16 copy in one pass, and a whole training run that matches the autocast path's losses and weights."""
+
+import math
+
+import pytest
+import torch
+
+from distill import bf16_step
+from distill.bf16_step import FusedBf16Step, fusable, fused_step_available
+from distill.config import TrainConfig
+from distill.models import create_model
+from distill.train import HARD_LABELS, AutocastStep, make_optimizer, make_schedule, train_epoch, weight_step
+
+CPU = torch.device("cpu")
+needs_kernel = pytest.mark.skipif(not fused_step_available(),
+                                  reason="the fused bf16 update cannot be compiled here (no C++ compiler or ninja)")
+
+
+def _torch_step(weight, momentum, grad, lr, mu, nesterov, decay, cap, first):
+    """The reference: torch's fused SGD on the fp32 gradient, then renorm_, then the bf16 cast."""
+    param = torch.nn.Parameter(weight.clone())
+    optimizer = torch.optim.SGD([param], lr=lr, momentum=mu, nesterov=nesterov, weight_decay=decay, fused=True)
+    if not first:
+        optimizer.state[param]["momentum_buffer"] = momentum.clone()
+    param.grad = grad.float()
+    optimizer.step()
+    with torch.no_grad():
+        if cap:
+            param.renorm_(2, 0, cap)
+    return param.detach(), optimizer.state[param]["momentum_buffer"], param.detach().to(torch.bfloat16)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape, nesterov, decay, cap, first", [
+    ((300, 70), True, 0.0, 1.0, False),   # the norms straddle the cap: some rows scaled, others not
+    ((300, 70), False, 1e-3, 1.0, False),
+    ((300, 70), True, 1e-3, 0.0, True),   # first step: the momentum starts as the gradient
+    ((37,), True, 0.0, 0.0, False),       # a bias: one row, never capped
+])
+def test_one_fused_step_is_torchs_sgd_renorm_and_cast(shape, nesterov, decay, cap, first):
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(shape, generator=generator) * 0.12
+    momentum = torch.randn(shape, generator=generator) * 0.01
+    grad = (torch.randn(shape, generator=generator) * 0.1).to(torch.bfloat16)
+    expected = _torch_step(weight, momentum, grad, 0.3, 0.9, nesterov, decay, cap, first)
+    if cap:
+        norms = expected[0].norm(dim=1)
+        assert (norms < cap * 0.999).any() and (norms > cap * 0.999).any()
+    copy_ = torch.empty(shape, dtype=torch.bfloat16)
+    bf16_step._kernel().sgd_step(weight, momentum, grad, copy_, 0.3, 0.9, nesterov, decay, cap, first)
+    torch.testing.assert_close(weight, expected[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(momentum, expected[1], rtol=0, atol=1e-6)
+    assert torch.equal(copy_, weight.to(torch.bfloat16))  # the copy is the cast of the weight it was written from
+
+
+@needs_kernel
+def test_the_copy_rounds_as_torchs_cast_does_nan_and_infinity_included():
+    values = torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -2.5e-3, 3.0e38, float("inf"), float("-inf"), float("nan")])
+    weight, momentum = values.clone(), torch.zeros_like(values)
+    copy_ = torch.empty_like(values, dtype=torch.bfloat16)
+    bf16_step._kernel().sgd_step(weight, momentum, torch.zeros_like(copy_), copy_, 0.1, 0.9, False, 0.0, 0.0, True)
+    assert torch.equal(copy_[:-1], values[:-1].to(torch.bfloat16)) and copy_[-1].isnan()
+
+
+def _train(fused: bool, epochs: int = 3):
+    generator = torch.Generator().manual_seed(0)
+    inputs, labels = torch.rand(512, 1, 8, 8, generator=generator), torch.randint(0, 5, (512,), generator=generator)
+    torch.manual_seed(1)
+    model = create_model("mlp", 5, (1, 8, 8), hidden=[32, 16], dropout_hidden=0.3, max_norm=0.5)
+    config = TrainConfig(epochs=epochs, batch_size=32, lr=0.3, weight_decay=1e-3)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_schedule(optimizer, config, math.ceil(len(inputs) / config.batch_size))
+    order = torch.Generator().manual_seed(0)
+    losses = [train_epoch(model, optimizer, scheduler, inputs, labels, config, HARD_LABELS, None, order, "bf16",
+                          fused) for _ in range(epochs)]
+    return losses, model, optimizer, scheduler
+
+
+@needs_kernel
+def test_training_with_the_fused_step_follows_the_autocast_path():
+    """Dropout, max-norm (binding: lr 0.3 against a cap of 0.5), weight decay and the one-cycle schedule over three
+    epochs: the same losses and, up to fp32 rounding of the update, the same weights and momentum."""
+    fused_losses, fused, fused_optimizer, fused_schedule = _train(fused=True)
+    torch_losses, reference, torch_optimizer, torch_schedule = _train(fused=False)
+    assert fused_losses == pytest.approx(torch_losses, rel=1e-5)
+    assert max(fused.row_norm_caps().values()) == 0.5
+    assert max(w.norm(dim=1).max().item() for name, w in fused.named_parameters() if name.endswith("weight")) \
+        == pytest.approx(0.5, rel=1e-5)
+    for (name, weight), other in zip(fused.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(weight, other, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(fused_optimizer.state[weight]["momentum_buffer"],
+                                   torch_optimizer.state[other]["momentum_buffer"], rtol=0, atol=1e-5, msg=name)
+    assert fused_schedule.get_last_lr() == torch_schedule.get_last_lr()
+
+
+@needs_kernel
+def test_a_frozen_weight_is_left_alone():
+    torch.manual_seed(0)
+    model = create_model("mlp", 3, (4,), hidden=[8])
+    model.net[1].weight.requires_grad_(False)
+    before, trained_before = model.net[1].weight.clone(), model.net[3].weight.clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+    step = FusedBf16Step(model, optimizer)
+    step.update(step.forward(torch.rand(5, 4)).float().sum())
+    assert torch.equal(model.net[1].weight, before) and model.net[1].weight not in optimizer.state
+    assert not torch.equal(model.net[3].weight, trained_before)
+
+
+class Constrained(torch.nn.Module):
+    """A model with a constraint of its own, which the fused step would skip."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x)
+
+    @torch.no_grad()
+    def apply_constraints(self):
+        self.linear.weight.clamp_(-0.1, 0.1)
+
+
+def test_the_fused_step_applies_only_where_it_computes_the_same(monkeypatch):
+    """bf16 on a CPU with SGD and momentum, dense fp32 weights and no constraint the kernel does not know; elsewhere
+    (and where the kernel cannot be built) training takes torch's autocast step."""
+    monkeypatch.setattr(bf16_step, "fused_step_available", lambda: True)
+    model = create_model("mlp", 3, (4,), hidden=[8], max_norm=2.0)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    assert isinstance(weight_step(model, sgd, "bf16", CPU), FusedBf16Step)
+    assert isinstance(weight_step(model, sgd, "bf16", CPU, fused=False), AutocastStep)
+    assert isinstance(weight_step(model, sgd, "fp32", CPU), AutocastStep)
+    assert not fusable(model, sgd, torch.device("cuda"))
+    assert not fusable(model, torch.optim.SGD(model.parameters(), lr=0.1), CPU)  # no momentum
+    assert not fusable(model, torch.optim.Adam(model.parameters()), CPU)
+    constrained = Constrained()
+    assert not fusable(constrained, torch.optim.SGD(constrained.parameters(), lr=0.1, momentum=0.9), CPU)
+    monkeypatch.setattr(bf16_step, "fused_step_available", lambda: False)
+    assert isinstance(weight_step(model, sgd, "bf16", CPU), AutocastStep)
