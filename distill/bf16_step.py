@@ -84,7 +84,15 @@ void sgd_step(torch::Tensor weight, torch::Tensor momentum, torch::Tensor grad, 
 @functools.cache
 def _kernel():
     """The compiled extension, or None where it cannot be built (no compiler, no ninja)."""
-    from torch.utils.cpp_extension import load_inline
+    # Its import warns about CUDA_HOME on machines without CUDA: noise on a user's terminal, and the one-line
+    # errors of the command line must stay one line.
+    cpp_log = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_log.level
+    cpp_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load_inline
+    finally:
+        cpp_log.setLevel(level)
 
     # -march=native: the build is for this CPU only, so its name carries the CPU's instruction sets (a home folder
     # shared by a cluster's different hosts must not hand one host's build to another).
