@@ -10,20 +10,27 @@ applies SGD with (Nesterov) momentum and weight decay to the fp32 weight and its
 
 The arithmetic is torch's SGD and `renorm_` in fp32; the weights, the momentum (in the optimizer's state, where
 torch keeps it) and so checkpoints and resumes are those of the autocast path. The loop is compiled on first use
-with `torch.utils.cpp_extension` (a C++ compiler and ninja); where that fails, training takes the autocast path.
+with `torch.utils.cpp_extension` (a C++ compiler and ninja) into the cache folder; where that fails, training takes
+the autocast path.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
+import importlib.util
 import logging
+import os
 import platform
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from distill.storage import cache_home
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +88,32 @@ void sgd_step(torch::Tensor weight, torch::Tensor momentum, torch::Tensor grad, 
 """
 
 
+_FLAGS = ["-O3", "-march=native", "-fopenmp"]
+
+
 @functools.cache
 def _kernel():
-    """The compiled extension, or None where it cannot be built (no compiler, no ninja)."""
+    """The compiled extension, or None where it cannot be built (no compiler, no ninja).
+
+    Built once per CPU type, torch version and source into the cache folder, under a lock the operating system
+    releases when its holder dies: torch's own build lock is a file that a worker killed mid-build would leave
+    behind, and every later load would wait on it forever."""
+    name = f"distillery_bf16_step_{_build_key()}"
+    library = cache_home() / "kernels" / f"{name}.so"
+    try:
+        if not library.exists():
+            _build(name, library)
+        spec = importlib.util.spec_from_file_location(name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except Exception as error:  # noqa: BLE001 (a missing compiler surfaces as many kinds of error)
+        log.warning("the fused bf16 update could not be built (%s); bf16 training uses torch.autocast",
+                    str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return None
+
+
+def _build(name: str, library: Path) -> None:
     # Its import warns about CUDA_HOME on machines without CUDA: noise on a user's terminal, and the one-line
     # errors of the command line must stay one line.
     cpp_log = logging.getLogger("torch.utils.cpp_extension")
@@ -93,24 +123,26 @@ def _kernel():
         from torch.utils.cpp_extension import load_inline
     finally:
         cpp_log.setLevel(level)
-
-    # -march=native: the build is for this CPU only, so its name carries the CPU's instruction sets (a home folder
-    # shared by a cluster's different hosts must not hand one host's build to another).
-    name = f"distillery_bf16_step_{_cpu_fingerprint()}"
-    try:
-        return load_inline(name, cpp_sources=_SOURCE, functions=["sgd_step"],
-                           extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
-    except Exception as error:  # noqa: BLE001 (a missing compiler surfaces as many kinds of error)
-        log.warning("the fused bf16 update could not be compiled (%s); bf16 training uses torch.autocast",
-                    str(error).splitlines()[0] if str(error) else type(error).__name__)
-        return None
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with open(library.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if library.exists():  # built by another process while this one waited
+            return
+        with tempfile.TemporaryDirectory(dir=library.parent) as folder:
+            load_inline(name, cpp_sources=_SOURCE, functions=["sgd_step"], extra_cflags=_FLAGS,
+                        extra_ldflags=["-fopenmp"], build_directory=folder)
+            os.replace(Path(folder) / f"{name}.so", library)  # whole or absent, never half-written
 
 
-def _cpu_fingerprint() -> str:
+def _build_key() -> str:
+    """-march=native builds for this CPU only: the key carries its instruction sets (a cache folder shared by a
+    cluster's different hosts must not hand one host's build to another), torch's version (its ABI) and the
+    source."""
     cpuinfo = Path("/proc/cpuinfo")
     flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "") \
         if cpuinfo.exists() else ""
-    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:12]
+    identity = "\n".join([platform.machine(), flags, torch.__version__, " ".join(_FLAGS), _SOURCE])
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def fused_step_available() -> bool:

@@ -2,6 +2,10 @@
 bf16 copy in one pass, and a whole training run that matches the autocast path's losses and weights."""
 
 import math
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -138,3 +142,31 @@ def test_the_fused_step_applies_only_where_it_computes_the_same(monkeypatch):
     assert not fusable(constrained, torch.optim.SGD(constrained.parameters(), lr=0.1, momentum=0.9), CPU)
     monkeypatch.setattr(bf16_step, "fused_step_available", lambda: False)
     assert isinstance(weight_step(model, sgd, "bf16", CPU), AutocastStep)
+
+
+def _available_in_a_fresh_process(cache, env=None, **kwargs):
+    return subprocess.run([sys.executable, "-c", "from distill.bf16_step import fused_step_available as f; "
+                           "print(f())"], env={**os.environ, "DISTILLERY_CACHE": str(cache), **(env or {})},
+                          capture_output=True, text=True, **kwargs)
+
+
+def test_without_a_compiler_bf16_training_falls_back_to_autocast_with_one_warning(tmp_path):
+    result = _available_in_a_fresh_process(tmp_path, {"CXX": str(tmp_path / "no-such-compiler")}, timeout=300)
+    assert result.stdout.strip() == "False"
+    assert "could not be built" in result.stderr and "torch.autocast" in result.stderr
+    assert not list((tmp_path / "kernels").glob("*.so"))
+
+
+@needs_kernel
+@pytest.mark.slow
+def test_a_build_killed_midway_leaves_nothing_that_blocks_the_next(tmp_path):
+    """torch's build lock is a file a killed builder leaves behind; ours is released by the kernel."""
+    builder = subprocess.Popen([sys.executable, "-c", "from distill.bf16_step import fused_step_available as f; f()"],
+                               env={**os.environ, "DISTILLERY_CACHE": str(tmp_path)})
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "kernels").glob("*/build.ninja")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the compiler is running once torch has written its build file
+    builder.kill()
+    builder.wait()
+    assert not list((tmp_path / "kernels").glob("*.so"))
+    assert _available_in_a_fresh_process(tmp_path, timeout=300).stdout.strip() == "True"
