@@ -53,6 +53,11 @@ static inline uint16_t to_bf16(float f) {
 // max_norm / (norm + 1e-7) of itself (torch.renorm); copy = bf16(w).
 void sgd_step(torch::Tensor weight, torch::Tensor momentum, torch::Tensor grad, torch::Tensor copy, double lr,
               double mu, bool nesterov, double decay, double max_norm, bool first) {
+  for (const auto& t : {weight, momentum, grad, copy}) {
+    TORCH_CHECK(t.is_contiguous() && t.numel() == weight.numel(), "sgd_step: tensors must be contiguous, one shape");
+  }
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && momentum.scalar_type() == at::kFloat &&
+              grad.scalar_type() == at::kBFloat16 && copy.scalar_type() == at::kBFloat16, "sgd_step: dtypes");
   const int64_t rows = weight.dim() < 2 ? 1 : weight.size(0);
   const int64_t cols = weight.numel() / rows;
   float* w = weight.data_ptr<float>();
@@ -154,7 +159,8 @@ def fusable(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.de
     group, and no constraint other than a row-norm cap it declares (`row_norm_caps`)."""
     params, groups = list(model.parameters()), optimizer.param_groups
     return (device.type == "cpu" and isinstance(optimizer, torch.optim.SGD) and len(groups) == 1
-            and groups[0]["params"] == params and groups[0]["momentum"] > 0 and groups[0]["dampening"] == 0
+            and len(groups[0]["params"]) == len(params) and all(a is b for a, b in zip(groups[0]["params"], params))
+            and groups[0]["momentum"] > 0 and groups[0]["dampening"] == 0
             and not groups[0]["maximize"]
             and all(p.dtype == torch.float32 and p.is_contiguous() for p in params)
             and (not hasattr(model, "apply_constraints") or hasattr(model, "row_norm_caps"))
@@ -176,12 +182,10 @@ class FusedBf16Step:
         with torch.autocast("cpu", dtype=torch.bfloat16):  # casts the batch and anything outside the weights
             return functional_call(self.model, self.copies, (batch,))
 
-    @torch.no_grad()
     def update(self, loss: torch.Tensor) -> None:
         for copy in self.copies.values():
             copy.grad = None
-        with torch.enable_grad():
-            loss.backward()
+        loss.backward()
         group = self.optimizer.param_groups[0]
         for name, param in self.params.items():
             if self.copies[name].grad is None:  # frozen, or unused by this loss: torch's SGD leaves it too
