@@ -84,7 +84,9 @@ def _train(fused: bool, epochs: int = 3):
 @needs_kernel
 def test_training_with_the_fused_step_follows_the_autocast_path():
     """Dropout, max-norm (binding: lr 0.3 against a cap of 0.5), weight decay and the one-cycle schedule over three
-    epochs: the same losses and, up to fp32 rounding of the update, the same weights and momentum."""
+    epochs: the same losses and, up to fp32 rounding, the same weights and momentum. The kernel sums a row's squares
+    in another order than torch's norm, and a last-bit difference in a weight sometimes flips the rounding of its
+    bf16 copy: differences of 1e-5 build up over the 48 steps, against weights of 0.1 to 0.5."""
     fused_losses, fused, fused_optimizer, fused_schedule = _train(fused=True)
     torch_losses, reference, torch_optimizer, torch_schedule = _train(fused=False)
     assert fused_losses == pytest.approx(torch_losses, rel=1e-5)
@@ -92,9 +94,9 @@ def test_training_with_the_fused_step_follows_the_autocast_path():
     assert max(w.norm(dim=1).max().item() for name, w in fused.named_parameters() if name.endswith("weight")) \
         == pytest.approx(0.5, rel=1e-5)
     for (name, weight), other in zip(fused.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(weight, other, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(weight, other, rtol=0, atol=1e-4, msg=name)
         torch.testing.assert_close(fused_optimizer.state[weight]["momentum_buffer"],
-                                   torch_optimizer.state[other]["momentum_buffer"], rtol=0, atol=1e-5, msg=name)
+                                   torch_optimizer.state[other]["momentum_buffer"], rtol=0, atol=1e-4, msg=name)
     assert fused_schedule.get_last_lr() == torch_schedule.get_last_lr()
 
 
