@@ -10,8 +10,8 @@ applies SGD with (Nesterov) momentum and weight decay to the fp32 weight and its
 
 The arithmetic is torch's SGD and `renorm_` in fp32; the weights, the momentum (in the optimizer's state, where
 torch keeps it) and so checkpoints and resumes are those of the autocast path. The loop is compiled on first use
-with `torch.utils.cpp_extension` (a C++ compiler and ninja) into the cache folder; where that fails, training takes
-the autocast path.
+with `torch.utils.cpp_extension` (a C++ compiler and ninja) into torch's extension folder; where that fails,
+training takes the autocast path.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from distill.storage import cache_home
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +122,17 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp"]
 def _kernel():
     """The compiled extension, or None where it cannot be built (no compiler, no ninja).
 
-    Built once per CPU type, torch version and source into the cache folder, under a lock the operating system
-    releases when its holder dies: torch's own build lock is a file that a worker killed mid-build would leave
-    behind, and every later load would wait on it forever."""
+    Built once per CPU type, torch version and source into torch's extension folder ($TORCH_EXTENSIONS_DIR, else
+    ~/.cache/torch_extensions), under a lock the operating system releases when its holder dies: torch's own build
+    lock is a file that a worker killed mid-build would leave behind, and every later load would wait on it
+    forever."""
     name = f"distillery_bf16_step_{_build_key()}"
-    library = cache_home() / "kernels" / f"{name}.so"
     try:
+        cpp_extension = _cpp_extension()
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()  # as torch's builds
+        library = Path(root) / "distillery" / f"{name}.so"
         if not library.exists():
-            _build(name, library)
+            _build(cpp_extension, name, library)
         spec = importlib.util.spec_from_file_location(name, library)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -141,24 +143,28 @@ def _kernel():
         return None
 
 
-def _build(name: str, library: Path) -> None:
+def _cpp_extension():
     # Its import warns about CUDA_HOME on machines without CUDA: noise on a user's terminal, and the one-line
     # errors of the command line must stay one line.
     cpp_log = logging.getLogger("torch.utils.cpp_extension")
     level = cpp_log.level
     cpp_log.setLevel(logging.ERROR)
     try:
-        from torch.utils.cpp_extension import load_inline
+        import torch.utils.cpp_extension
     finally:
         cpp_log.setLevel(level)
+    return torch.utils.cpp_extension
+
+
+def _build(cpp_extension, name: str, library: Path) -> None:
     library.parent.mkdir(parents=True, exist_ok=True)
     with open(library.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if library.exists():  # built by another process while this one waited
             return
         with tempfile.TemporaryDirectory(dir=library.parent) as folder:
-            load_inline(name, cpp_sources=_SOURCE, functions=["sgd_step"], extra_cflags=_FLAGS,
-                        extra_ldflags=["-fopenmp"], build_directory=folder)
+            cpp_extension.load_inline(name, cpp_sources=_SOURCE, functions=["sgd_step"], extra_cflags=_FLAGS,
+                                      extra_ldflags=["-fopenmp"], build_directory=folder)
             os.replace(Path(folder) / f"{name}.so", library)  # whole or absent, never half-written
 
 

@@ -148,7 +148,7 @@ def test_the_fused_step_applies_only_where_it_computes_the_same(monkeypatch):
 
 def _available_in_a_fresh_process(cache, env=None, **kwargs):
     return subprocess.run([sys.executable, "-c", "from distill.bf16_step import fused_step_available as f; "
-                           "print(f())"], env={**os.environ, "DISTILLERY_CACHE": str(cache), **(env or {})},
+                           "print(f())"], env={**os.environ, "TORCH_EXTENSIONS_DIR": str(cache), **(env or {})},
                           capture_output=True, text=True, **kwargs)
 
 
@@ -156,7 +156,7 @@ def test_without_a_compiler_bf16_training_falls_back_to_autocast_with_one_warnin
     result = _available_in_a_fresh_process(tmp_path, {"CXX": str(tmp_path / "no-such-compiler")}, timeout=300)
     assert result.stdout.strip() == "False"
     assert "could not be built" in result.stderr and "torch.autocast" in result.stderr
-    assert not list((tmp_path / "kernels").glob("*.so"))
+    assert not list((tmp_path / "distillery").glob("*.so"))
 
 
 @needs_kernel
@@ -164,11 +164,11 @@ def test_without_a_compiler_bf16_training_falls_back_to_autocast_with_one_warnin
 def test_a_build_killed_midway_leaves_nothing_that_blocks_the_next(tmp_path):
     """torch's build lock is a file a killed builder leaves behind; ours is released by the kernel."""
     builder = subprocess.Popen([sys.executable, "-c", "from distill.bf16_step import fused_step_available as f; f()"],
-                               env={**os.environ, "DISTILLERY_CACHE": str(tmp_path)})
+                               env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)})
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "kernels").glob("*/build.ninja")) and time.monotonic() < deadline:
+    while not list((tmp_path / "distillery").glob("*/build.ninja")) and time.monotonic() < deadline:
         time.sleep(0.1)  # the compiler is running once torch has written its build file
     builder.kill()
     builder.wait()
-    assert not list((tmp_path / "kernels").glob("*.so"))
+    assert not list((tmp_path / "distillery").glob("*.so"))
     assert _available_in_a_fresh_process(tmp_path, timeout=300).stdout.strip() == "True"
