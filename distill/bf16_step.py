@@ -10,42 +10,19 @@ applies SGD with (Nesterov) momentum and weight decay to the fp32 weight and its
 
 The arithmetic is torch's SGD and `renorm_` in fp32; the weights, the momentum (in the optimizer's state, where
 torch keeps it) and so checkpoints and resumes are those of the autocast path. The loop is compiled on first use
-with `torch.utils.cpp_extension` (a C++ compiler and ninja) into torch's extension folder; where that fails,
-training takes the autocast path.
+(distill/native.py); where that fails, training takes the autocast path.
 """
 
 from __future__ import annotations
-
-import fcntl
-import functools
-import hashlib
-import importlib.util
-import logging
-import os
-import platform
-import tempfile
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from distill.native import BF16_HELPERS, load_kernel
 
-log = logging.getLogger(__name__)
-
-_SOURCE = r"""
-#include <torch/extension.h>
+_SOURCE = BF16_HELPERS + r"""
 #include <cmath>
-#include <cstring>
-
-static inline float from_bf16(uint16_t h) { uint32_t b = uint32_t(h) << 16; float f; std::memcpy(&f, &b, 4); return f; }
-
-// Round to nearest even, as torch's cast does for finite values; a NaN stays a NaN (quiet bit set).
-static inline uint16_t to_bf16(float f) {
-  uint32_t b; std::memcpy(&b, &f, 4);
-  if ((b & 0x7fffffffu) > 0x7f800000u) return uint16_t((b >> 16) | 0x40u);
-  return uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-}
 
 // One row: d = g + decay w; m = d (first step) or mu m + d; w -= lr (d + mu m) with Nesterov, lr m without; a row
 // whose norm exceeds cap > 0 is scaled to cap / (norm + 1e-7) of itself (torch.renorm); copy = bf16(w). The
@@ -115,68 +92,8 @@ void sgd_step(torch::Tensor weight, torch::Tensor momentum, torch::Tensor grad, 
 """
 
 
-_FLAGS = ["-O3", "-march=native", "-fopenmp"]
-
-
-@functools.cache
 def _kernel():
-    """The compiled extension, or None where it cannot be built (no compiler, no ninja).
-
-    Built once per CPU type, torch version and source into torch's extension folder ($TORCH_EXTENSIONS_DIR, else
-    ~/.cache/torch_extensions), under a lock the operating system releases when its holder dies: torch's own build
-    lock is a file that a worker killed mid-build would leave behind, and every later load would wait on it
-    forever."""
-    name = f"distillery_bf16_step_{_build_key()}"
-    try:
-        cpp_extension = _cpp_extension()
-        root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()  # as torch's builds
-        library = Path(root) / "distillery" / f"{name}.so"
-        if not library.exists():
-            _build(cpp_extension, name, library)
-        spec = importlib.util.spec_from_file_location(name, library)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    except Exception as error:  # noqa: BLE001 (a missing compiler surfaces as many kinds of error)
-        log.warning("the fused bf16 update could not be built (%s); bf16 training uses torch.autocast",
-                    str(error).splitlines()[0] if str(error) else type(error).__name__)
-        return None
-
-
-def _cpp_extension():
-    # Its import warns about CUDA_HOME on machines without CUDA: noise on a user's terminal, and the one-line
-    # errors of the command line must stay one line.
-    cpp_log = logging.getLogger("torch.utils.cpp_extension")
-    level = cpp_log.level
-    cpp_log.setLevel(logging.ERROR)
-    try:
-        import torch.utils.cpp_extension
-    finally:
-        cpp_log.setLevel(level)
-    return torch.utils.cpp_extension
-
-
-def _build(cpp_extension, name: str, library: Path) -> None:
-    library.parent.mkdir(parents=True, exist_ok=True)
-    with open(library.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if library.exists():  # built by another process while this one waited
-            return
-        with tempfile.TemporaryDirectory(dir=library.parent) as folder:
-            cpp_extension.load_inline(name, cpp_sources=_SOURCE, functions=["sgd_step"], extra_cflags=_FLAGS,
-                                      extra_ldflags=["-fopenmp"], build_directory=folder)
-            os.replace(Path(folder) / f"{name}.so", library)  # whole or absent, never half-written
-
-
-def _build_key() -> str:
-    """-march=native builds for this CPU only: the key carries its instruction sets (a cache folder shared by a
-    cluster's different hosts must not hand one host's build to another), torch's version (its ABI) and the
-    source."""
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "") \
-        if cpuinfo.exists() else ""
-    identity = "\n".join([platform.machine(), flags, torch.__version__, " ".join(_FLAGS), _SOURCE])
-    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return load_kernel("fused_bf16_update", _SOURCE, ("sgd_step",), "bf16 training uses torch.autocast")
 
 
 def fused_step_available() -> bool:

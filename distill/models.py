@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from distill.config import check_arguments
+from distill.dropout import BitDropout
 from distill.errors import ConfigError
 from distill.plugins import is_plugin, load_plugin
 
@@ -89,34 +90,6 @@ def freeze(model: nn.Module) -> nn.Module:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
-
-
-class BitDropout(nn.Module):
-    """Inverted dropout whose mask comes from 16-bit slices of 64-bit random words.
-
-    torch's CPU bernoulli_ draws one random number per element and is slow (about 17 ns each here, a third of
-    a 1200-1200 MLP's training step). Each 64-bit draw gives four 16-bit uniforms here (64-bit words cost half
-    as much per bit as 32-bit ones: 2 ns against 4 per 16-bit uniform), so the rate is
-    `round(p * 65536) / 65536` (0.2 becomes 0.20001): the same distribution as nn.Dropout up to that rounding.
-    """
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-        self.threshold = -(2**15) + round(p * 2**16)  # a signed 16-bit uniform below this is dropped
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        # randint's upper bound is exclusive and at most 2**63 - 1: one 64-bit value in 2**64 never occurs.
-        words = torch.randint(-(2**63), 2**63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64, device=x.device)
-        keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= self.threshold
-        # Through uint8: torch converts bool to bf16 element by element (90 us for a 128 x 1200 batch here),
-        # uint8 with vector instructions (13 us); the values are the same 0s and 1s.
-        return x * keep.view(torch.uint8).to(x.dtype).mul_(1.0 / (1.0 - self.p))
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 @register_model("mlp")

@@ -86,17 +86,19 @@ def test_training_with_the_fused_step_follows_the_autocast_path():
     """Dropout, max-norm (binding: lr 0.3 against a cap of 0.5), weight decay and the one-cycle schedule over three
     epochs: the same losses and, up to fp32 rounding, the same weights and momentum. The kernel sums a row's squares
     in another order than torch's norm, and a last-bit difference in a weight sometimes flips the rounding of its
-    bf16 copy: differences of 1e-5 build up over the 48 steps, against weights of 0.1 to 0.5."""
+    bf16 copy (its step is 1e-3 at 0.25): differences of 1e-5 to 1e-4 build up over the 48 steps, against weights
+    of 0.1 to 0.5, and how large depends on the run's dropout masks."""
     fused_losses, fused, fused_optimizer, fused_schedule = _train(fused=True)
     torch_losses, reference, torch_optimizer, torch_schedule = _train(fused=False)
     assert fused_losses == pytest.approx(torch_losses, rel=1e-5)
     assert max(fused.row_norm_caps().values()) == 0.5
+    # At the cap up to what weight decay takes off in the last steps, where the one-cycle rate is near 0.
     assert max(w.norm(dim=1).max().item() for name, w in fused.named_parameters() if name.endswith("weight")) \
-        == pytest.approx(0.5, rel=1e-5)
+        == pytest.approx(0.5, rel=1e-3)
     for (name, weight), other in zip(fused.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(weight, other, rtol=0, atol=1e-4, msg=name)
+        torch.testing.assert_close(weight, other, rtol=0, atol=2e-4, msg=name)
         torch.testing.assert_close(fused_optimizer.state[weight]["momentum_buffer"],
-                                   torch_optimizer.state[other]["momentum_buffer"], rtol=0, atol=1e-4, msg=name)
+                                   torch_optimizer.state[other]["momentum_buffer"], rtol=0, atol=2e-4, msg=name)
     assert fused_schedule.get_last_lr() == torch_schedule.get_last_lr()
 
 

@@ -59,26 +59,3 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(7, "x") == 3944063196  # fixed across processes and Python versions (sha256-based)
 
 
-@pytest.mark.parametrize("p", [0.2, 0.5])
-def test_bit_dropout_keeps_the_rate_and_the_expectation(p):
-    from distill.models import BitDropout
-
-    layer = BitDropout(p)
-    x = torch.ones(400, 1000)
-    y = layer(x)
-    dropped = (y == 0).float().mean().item()
-    assert dropped == pytest.approx(p, abs=0.003)
-    assert y[y != 0].unique().tolist() == pytest.approx([1 / (1 - p)])
-    assert y.mean().item() == pytest.approx(1.0, abs=0.01)
-    layer.eval()
-    assert layer(x) is x
-
-
-def test_bit_dropout_masks_differ_between_calls_and_elements():
-    from distill.models import BitDropout
-
-    layer = BitDropout(0.5)
-    a, b = layer(torch.ones(64, 64)), layer(torch.ones(64, 64))
-    assert not torch.equal(a, b)
-    for lane in range(4):  # each 64-bit word feeds four neighbouring elements: every lane keeps the rate
-        assert 0.4 < (a[:, lane::4] == 0).float().mean() < 0.6
