@@ -2,7 +2,7 @@
 
 torch's CPU `bernoulli_` and `randint` run the Mersenne Twister one number at a time (17 and 2 ns per mask entry
 here): the masks of a 1200-1200 MLP took about 0.8 of the 7 ms of its bf16 training step. Here each call draws
-one 64-bit seed from torch's generator (so the generator's state, which checkpoints keep, decides every mask)
+one 64-bit seed from torch's CPU generator (whose state checkpoints keep, so it decides every mask)
 and the mask's random words are SplitMix64 (Steele, Lea and Flood, 2014) of the seed at each word's position: a
 counter-based generator, computed in parallel and in vector registers, independent of how the work is split
 between threads. Each 64-bit word gives four 16-bit uniforms; an element is kept when its signed 16-bit uniform
@@ -149,8 +149,9 @@ class BitDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        # randint's upper bound is exclusive: one 64-bit seed in 2**64 never occurs.
-        seed = int(torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=x.device))
+        # From the CPU's generator wherever x is: a number read back from a GPU would wait for it. randint's upper
+        # bound is exclusive: one 64-bit seed in 2**64 never occurs.
+        seed = int(torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64))
         return _MaskedScale.apply(x, seed, self.threshold, self.p)
 
     def extra_repr(self) -> str:
