@@ -39,9 +39,9 @@ def main() -> None:
     arguments.add_argument("--epochs", type=int, default=3, help="timed teacher epochs per way and precision")
     args = arguments.parse_args()
     retain_freed_memory()  # as distill.train.train does
-    if dropout._kernel() is None:
+    if dropout.kernels() is None:
         raise SystemExit("dropout_speed: the dropout kernel cannot be built here; nothing to compare")
-    without_kernel = mock.patch.object(dropout, "_kernel", lambda: None)
+    without_kernel = mock.patch.object(dropout, "kernels", lambda: None)
     results = {"shape": list(SHAPE), "p": 0.5, "per_call_us": {}, "teacher_epoch_seconds": {}}
     for name, dtype in DTYPES.items():
         x, grad = torch.randn(SHAPE, dtype=dtype), torch.randn(SHAPE, dtype=dtype)

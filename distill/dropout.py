@@ -20,75 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distill.native import BF16_HELPERS, load_kernel
-
-_SOURCE = BF16_HELPERS + r"""
-#include <algorithm>
-#include <type_traits>
-
-static constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;
-
-// SplitMix64's output function: word j of stream `seed` is mix(seed + (j + 1) * kGamma).
-static inline uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// Words counter..counter+255 of stream `seed`.
-static void block_words(uint64_t* __restrict words, uint64_t seed, uint64_t counter) {
-  #pragma omp simd
-  for (int64_t j = 0; j < 256; ++j) words[j] = mix(seed + (counter + uint64_t(j)) * kGamma);
-}
-
-// y = x * (uniform >= threshold ? scale : 0), rounded to T as torch's multiplication rounds it.
-template <typename T>
-static void block_product(const T* __restrict x, T* __restrict y, const int16_t* __restrict uniform, int64_t count,
-                          int32_t threshold, float scale) {
-  #pragma omp simd
-  for (int64_t k = 0; k < count; ++k) {
-    const float m = uniform[k] >= threshold ? scale : 0.f;
-    if constexpr (std::is_same_v<T, float>) y[k] = x[k] * m; else y[k] = to_bf16(from_bf16(x[k]) * m);
-  }
-}
-
-// Blocks of 1,024 elements: their 256 words, then their products; element 4j + k takes bits 16k.. of word j.
-template <typename T>
-static void masked_scale(const T* x, T* y, int64_t n, uint64_t seed, int32_t threshold, float scale) {
-  at::parallel_for(0, (n + 1023) / 1024, 16, [=](int64_t begin, int64_t end) {
-    alignas(64) uint64_t words[256];
-    alignas(64) int16_t uniform[1024];
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t first = block * 1024;
-      block_words(words, seed, uint64_t(first / 4) + 1);
-      std::memcpy(uniform, words, sizeof(words));  // the 16-bit view, without breaking the aliasing rules
-      block_product(x + first, y + first, uniform, std::min<int64_t>(1024, n - first), threshold, scale);
-    }
-  });
-}
-
-torch::Tensor dropout_mask_scale(torch::Tensor x, int64_t seed, int64_t threshold, double scale) {
-  TORCH_CHECK(x.is_contiguous() && x.device().is_cpu(), "dropout_mask_scale: a contiguous CPU tensor");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "dropout_mask_scale: dtype");
-  auto y = torch::empty_like(x);
-  if (x.scalar_type() == at::kBFloat16) {
-    masked_scale(reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()),
-                 reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()), x.numel(), uint64_t(seed),
-                 int32_t(threshold), float(scale));
-  } else {
-    masked_scale(x.data_ptr<float>(), y.data_ptr<float>(), x.numel(), uint64_t(seed), int32_t(threshold),
-                 float(scale));
-  }
-  return y;
-}
-"""
+from distill.native import kernels
 
 _GAMMA, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-
-
-def _kernel():
-    return load_kernel("dropout_kernel", _SOURCE, ("dropout_mask_scale",),
-                       "dropout masks come from torch operations (the same masks, more slowly)")
 
 
 def _signed(value: int) -> int:
@@ -126,7 +60,7 @@ class _MaskedScale(torch.autograd.Function):
 def mask_scale(x: torch.Tensor, seed: int, threshold: int, p: float) -> torch.Tensor:
     """x with the elements whose uniform (of the stream of int64 `seed`) is below `threshold` zeroed and the rest
     scaled by 1 / (1 - p): with the kernel where it applies, else with torch operations; both give the same values."""
-    kernel = _kernel() if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) else None
+    kernel = kernels() if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) else None
     if kernel is not None:
         # The scale as torch computes it in x's dtype below, so that both paths multiply by the same number.
         scale = torch.ones((), dtype=x.dtype).mul_(1.0 / (1.0 - p)).item()

@@ -52,7 +52,7 @@ def test_one_fused_step_is_torchs_sgd_renorm_and_cast(shape, nesterov, decay, ca
         norms = expected[0].norm(dim=1)
         assert (norms < cap * 0.999).any() and (norms > cap * 0.999).any()
     copy_ = torch.empty(shape, dtype=torch.bfloat16)
-    bf16_step._kernel().sgd_step(weight, momentum, grad, copy_, 0.3, 0.9, nesterov, decay, cap, first)
+    bf16_step.kernels().sgd_step(weight, momentum, grad, copy_, 0.3, 0.9, nesterov, decay, cap, first)
     torch.testing.assert_close(weight, expected[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(momentum, expected[1], rtol=0, atol=1e-6)
     assert torch.equal(copy_, weight.to(torch.bfloat16))  # the copy is the cast of the weight it was written from
@@ -63,7 +63,7 @@ def test_the_copy_rounds_as_torchs_cast_does_nan_and_infinity_included():
     values = torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -2.5e-3, 3.0e38, float("inf"), float("-inf"), float("nan")])
     weight, momentum = values.clone(), torch.zeros_like(values)
     copy_ = torch.empty_like(values, dtype=torch.bfloat16)
-    bf16_step._kernel().sgd_step(weight, momentum, torch.zeros_like(copy_), copy_, 0.1, 0.9, False, 0.0, 0.0, True)
+    bf16_step.kernels().sgd_step(weight, momentum, torch.zeros_like(copy_), copy_, 0.1, 0.9, False, 0.0, 0.0, True)
     assert torch.equal(copy_[:-1], values[:-1].to(torch.bfloat16)) and copy_[-1].isnan()
 
 

@@ -7,7 +7,7 @@ import torch
 from distill import dropout
 from distill.dropout import BitDropout, mask_scale, random_words
 
-needs_kernel = pytest.mark.skipif(dropout._kernel() is None,
+needs_kernel = pytest.mark.skipif(dropout.kernels() is None,
                                   reason="the dropout kernel cannot be compiled here (no C++ compiler or ninja)")
 
 
@@ -16,7 +16,7 @@ def _threshold(p):
 
 
 def _with_torch_operations(monkeypatch):
-    monkeypatch.setattr(dropout, "_kernel", lambda: None)
+    monkeypatch.setattr(dropout, "kernels", lambda: None)
 
 
 def test_the_words_are_splitmix64():
@@ -42,7 +42,7 @@ def test_the_kernel_computes_what_the_torch_operations_compute(monkeypatch, dtyp
 
 @pytest.mark.parametrize("kernel", [True, False])
 def test_backward_multiplies_by_the_forward_mask(monkeypatch, kernel):
-    if kernel and dropout._kernel() is None:
+    if kernel and dropout.kernels() is None:
         pytest.skip("the dropout kernel cannot be compiled here")
     if not kernel:
         _with_torch_operations(monkeypatch)
