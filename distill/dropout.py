@@ -1,13 +1,12 @@
 """Inverted dropout with masks hashed from one seed per call, in one pass forward and one backward.
 
 torch's CPU `bernoulli_` and `randint` run the Mersenne Twister one number at a time (17 and 2 ns per mask entry
-here): the masks of a 1200-1200 MLP took about 0.8 of the 7 ms of its bf16 training step. Here each call draws
-one 64-bit seed from torch's CPU generator (whose state checkpoints keep, so it decides every mask)
-and the mask's random words are SplitMix64 (Steele, Lea and Flood, 2014) of the seed at each word's position: a
-counter-based generator, computed in parallel and in vector registers, independent of how the work is split
-between threads. Each 64-bit word gives four 16-bit uniforms; an element is kept when its signed 16-bit uniform
-is at least `threshold`, so the rate is `round(p * 65536) / 65536` (0.2 becomes 0.20001): nn.Dropout's
-distribution up to that rounding.
+here): the masks of a 1200-1200 MLP took about 0.8 of the 7 ms of its bf16 training step. Here each call draws one
+64-bit seed from torch's CPU generator (whose state checkpoints keep, so it decides every mask) and the mask's
+random words are SplitMix64 (Steele, Lea and Flood, 2014) of the seed at each word's position: a counter-based
+generator, computed in parallel and in vector registers, independent of how the work is split between threads. Each
+64-bit word gives four 16-bit uniforms; an element is kept when its signed 16-bit uniform is at least `threshold`,
+so the rate is `round(p * 65536) / 65536` (0.2 becomes 0.20001): nn.Dropout's distribution up to that rounding.
 
 A C++ kernel (distill/native.py) makes the words, the mask and the product in one pass, and the backward pass is
 the same pass on the gradient (the mask is computed again from the seed, never stored). Where the kernel cannot
