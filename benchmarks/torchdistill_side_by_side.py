@@ -8,7 +8,8 @@
 2. Distillery: `distillery run configs/mnist.yaml` with that teacher, no baseline, a fresh soft-target cache (the
    teacher's logits are computed inside the timed run), the student on `precision: auto`, the default.
 3. torchdistill (from the registry, installed by this script into benchmarks/.venv-torchdistill, so the project
-   never depends on it; Distillery goes in beside it without dependencies, for the model definitions):
+   never depends on it; that venv sees this interpreter's packages, so both sides run the same torch build and
+   torchdistill imports Distillery's model definitions):
    benchmarks/torchdistill/run_kd.py with benchmarks/torchdistill/mnist_kd.yaml, the same student module, epochs,
    batch size, optimizer, schedule, T and loss weights, in fp32 as its users run it. (Its one route to mixed
    precision, a Hugging Face accelerate Accelerator handed to its DistillationBox, does not run bf16 on a CPU:
@@ -38,17 +39,21 @@ from distillery.run_folder import METRICS
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / "benchmarks" / ".venv-torchdistill"
 TORCHDISTILL = "torchdistill==1.1.5"
-TORCH = ["torch==2.14.1", "torchvision==0.29.1"]  # the project's own torch build, from this machine's wheels
 CONFIG = REPO / "benchmarks" / "torchdistill" / "mnist_kd.yaml"
 
 
 def ensure_torchdistill_env() -> Path:
+    """A venv of its own for torchdistill that sees this interpreter's packages through a .pth file: the same torch
+    build on both sides, and seconds to set up instead of a second multi-gigabyte torch install."""
     python = VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        ours = [path for path in sys.path if path.endswith("site-packages")]
+        theirs = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                check=True, capture_output=True, text=True).stdout.strip()
+        (Path(theirs) / "distillery_packages.pth").write_text("\n".join(ours) + "\n")
     if subprocess.run([str(python), "-c", "import torchdistill, distill"], capture_output=True).returncode:
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *TORCH, TORCHDISTILL], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", TORCHDISTILL], check=True)
     return python
 
 
