@@ -6,9 +6,10 @@ plain one.
 For the paper's 1200-1200 teacher (dropout, max-norm, 2-pixel jitter) and 800-800 student at batch 128 on
 MNIST-shaped data, in each precision, it reports the epoch time and the achieved training FLOP/s (the GEMM work of
 forward and backward, counted exactly) as a share of the FLOP/s that torch.mm reaches on the very same matrix
-shapes in that precision, in this process; then the bf16 epoch over the fp32 epoch. bf16 is timed twice: as
-training runs it (the fused update of distill/bf16_step.py where it applies) and with torch's autocast step
-(`bf16_autocast`, what bf16 training was before the fused update). It also times a student epoch
+shapes in that precision, in this process; then the bf16 epoch over the fp32 epoch. bf16 is timed three times: as
+training runs it (distill/bf16_step.py: the fused update, and for these MLPs the backward pass written out), with
+the fused update under torch's autograd (`bf16_autograd`, before the written-out backward) and with torch's
+autocast step (`bf16_autocast`, before the fused update). It also times a student epoch
 on cached soft targets (T = 20) against a hard-label epoch of the same student. For the small CNN (`cnn`, 32-64
 channels) it times a part epoch of 12,800 images in each precision in the channels-last layout training uses, and
 in the usual layout for comparison. Ratios, not wall times, are the results: both sides of each ratio run in the
@@ -19,6 +20,7 @@ max-norm), on the autocast path.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from unittest import mock
@@ -32,6 +34,7 @@ from distill.losses import distillation_loss
 from distill.memory import retain_freed_memory
 from distill.models import create_model
 from distill.precision import autocast, bf16_matrix_units
+import distill.bf16_step
 import distill.train
 from distill.train import HARD_LABELS, SoftTargets, make_optimizer, make_schedule, train_epoch
 from distillery.benchmark import parser, write_result
@@ -41,7 +44,8 @@ CNN_ROWS = 12_800  # a part epoch: the CNN's full epoch takes half a minute here
 STAGE_ROWS = 12_800
 STAGES = ["batch and jitter", "forward", "loss and backward", "update", "max-norm"]
 CPU = torch.device("cpu")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16_autocast": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16_autograd": torch.bfloat16,
+          "bf16_autocast": torch.bfloat16}
 TEACHER = {"hidden": [1200, 1200], "dropout_input": 0.2, "dropout_hidden": 0.5, "max_norm": 3.5}
 STUDENT = {"hidden": [800, 800]}
 
@@ -72,16 +76,20 @@ def gemm_seconds_per_step(widths: list[int], dtype: torch.dtype, repeats: int = 
 
 def time_epoch(kwargs: dict, config: TrainConfig, weights: LossWeights, inputs, labels, targets=None,
                precision: str = "fp32", model_name: str = "mlp") -> float:
-    """Seconds of one epoch; `precision` "bf16_autocast" is bf16 without the fused update."""
+    """Seconds of one epoch; `precision` "bf16_autograd" is bf16 with the fused update and autograd's backward,
+    "bf16_autocast" bf16 without the fused update."""
     torch.manual_seed(0)
     model = create_model(model_name, 10, (1, 28, 28), **kwargs)
     model.to(memory_format=distill.train.image_layout(model, inputs))  # as distill.train.train does
     optimizer = make_optimizer(model, config)
     scheduler = make_schedule(optimizer, config, steps_per_epoch=-(-N // BATCH))
     generator = torch.Generator().manual_seed(0)
+    autograd = mock.patch.object(distill.bf16_step, "layer_chain", lambda model: None) \
+        if precision == "bf16_autograd" else contextlib.nullcontext()
     started = time.perf_counter()
-    train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator,
-                precision.removesuffix("_autocast"), fused=not precision.endswith("_autocast"))
+    with autograd:
+        train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator,
+                    precision.split("_")[0], fused=not precision.endswith("_autocast"))
     return time.perf_counter() - started
 
 
@@ -96,7 +104,7 @@ def main() -> None:
     results = {"batch_size": BATCH, "epochs_timed": args.epochs, "bf16_matrix_units": bf16_matrix_units(CPU),
                "models": {}}
     steps = -(-N // BATCH)
-    modes = [*args.precisions, *(["bf16_autocast"] if "bf16" in args.precisions else [])]
+    modes = [*args.precisions, *(["bf16_autograd", "bf16_autocast"] if "bf16" in args.precisions else [])]
     results["fused_bf16_update"] = fused_step_available()
     for name, kwargs, shift in [("teacher_1200_1200", TEACHER, 2), ("student_800_800", STUDENT, 0)]:
         widths = [INPUT, *kwargs["hidden"], 10]
@@ -118,7 +126,7 @@ def main() -> None:
             print(f"{name} {precision}: epoch {epoch:.2f} s, {flops * N / epoch / 1e9:.1f} GFLOP/s, "
                   f"{share:.1%} of torch.mm's rate on the same shapes in {precision}")
         if len(args.precisions) == 2:
-            for bf16 in ("bf16", "bf16_autocast"):
+            for bf16 in ("bf16", "bf16_autograd", "bf16_autocast"):
                 entry[f"{bf16}_over_fp32_epoch"] = statistics.median(
                     b / f for f, b in zip(epochs["fp32"], epochs[bf16]))
                 print(f"{name}: {bf16} epoch / fp32 epoch (median of paired epochs) "

@@ -89,10 +89,12 @@ class BitDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        # From the CPU's generator wherever x is: a number read back from a GPU would wait for it. randint's upper
-        # bound is exclusive: one 64-bit seed in 2**64 never occurs.
-        seed = int(torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64))
-        return _MaskedScale.apply(x, seed, self.threshold, self.p)
+        return _MaskedScale.apply(x, self.draw_seed(), self.threshold, self.p)
+
+    def draw_seed(self) -> int:
+        """The seed of one call's mask. From the CPU's generator wherever x is: a number read back from a GPU would
+        wait for it. randint's upper bound is exclusive: one 64-bit seed in 2**64 never occurs."""
+        return int(torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

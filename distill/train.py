@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from distill.bf16_step import FusedBf16Step, fusable
+from distill.bf16_step import FusedBf16Step, fusable, fused_step
 from distill.config import LossWeights, TrainConfig
 from distill.data import augment_batch
 from distill.errors import TrainingError
@@ -243,7 +243,7 @@ def weight_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: C
                 device: torch.device, fused: bool = True) -> AutocastStep | FusedBf16Step:
     """The fused bf16 step where it applies (bf16 on a CPU, SGD, the kernel built), else torch's."""
     if fused and precision == "bf16" and fusable(model, optimizer, device):
-        return FusedBf16Step(model, optimizer)
+        return fused_step(model, optimizer)
     return AutocastStep(model, optimizer, precision, device)
 
 

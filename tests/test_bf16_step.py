@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from distill import bf16_step
-from distill.bf16_step import FusedBf16Step, fusable, fused_step_available
-from distill.config import TrainConfig
+from distill.bf16_step import ChainBf16Step, FusedBf16Step, fusable, fused_step_available, layer_chain
+from distill.config import LossWeights, TrainConfig
 from distill.models import create_model
-from distill.train import HARD_LABELS, AutocastStep, make_optimizer, make_schedule, train_epoch, weight_step
+from distill.train import (HARD_LABELS, AutocastStep, SoftTargets, make_optimizer, make_schedule, train_epoch,
+                           weight_step)
 
 CPU = torch.device("cpu")
 needs_kernel = pytest.mark.skipif(not fused_step_available(),
@@ -100,6 +101,53 @@ def test_training_with_the_fused_step_follows_the_autocast_path():
         torch.testing.assert_close(fused_optimizer.state[weight]["momentum_buffer"],
                                    torch_optimizer.state[other]["momentum_buffer"], rtol=0, atol=2e-4, msg=name)
     assert fused_schedule.get_last_lr() == torch_schedule.get_last_lr()
+
+
+def _distil(model_kwargs: dict, shift: int, epochs: int = 2):
+    """A few bf16 epochs of soft and hard targets (T = 4) on jittered inputs: every layer's backward is used."""
+    generator = torch.Generator().manual_seed(0)
+    inputs, labels = torch.rand(256, 1, 8, 8, generator=generator), torch.randint(0, 5, (256,), generator=generator)
+    targets = SoftTargets(logits=torch.randn(256, 5, generator=generator) * 3)
+    torch.manual_seed(1)
+    model = create_model("mlp", 5, (1, 8, 8), **model_kwargs)
+    config = TrainConfig(epochs=epochs, batch_size=32, lr=0.3, weight_decay=1e-3, augment_shift=shift)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_schedule(optimizer, config, math.ceil(len(inputs) / config.batch_size))
+    order = torch.Generator().manual_seed(0)
+    losses = [train_epoch(model, optimizer, scheduler, inputs, labels, config, LossWeights(4.0, 0.7, 0.3), targets,
+                          order, "bf16") for _ in range(epochs)]
+    return losses, model, optimizer, weight_step(model, optimizer, "bf16", CPU)
+
+
+@needs_kernel
+@pytest.mark.parametrize("model_kwargs, shift", [
+    ({"hidden": [32, 16], "dropout_input": 0.2, "dropout_hidden": 0.3, "max_norm": 0.5}, 1),  # the teacher's kind
+    ({"hidden": [24]}, 0),  # the student's kind
+])
+def test_the_written_out_backward_gives_autograds_gradients_bit_for_bit(monkeypatch, model_kwargs, shift):
+    chain_losses, chain, chain_optimizer, chain_step = _distil(model_kwargs, shift)
+    monkeypatch.setattr(bf16_step, "layer_chain", lambda model: None)
+    autograd_losses, reference, reference_optimizer, reference_step = _distil(model_kwargs, shift)
+    assert type(chain_step) is ChainBf16Step and type(reference_step) is FusedBf16Step
+    assert chain_losses == autograd_losses
+    for (name, weight), other in zip(chain.named_parameters(), reference.parameters()):
+        assert torch.equal(weight, other), name
+        assert torch.equal(chain_optimizer.state[weight]["momentum_buffer"],
+                           reference_optimizer.state[other]["momentum_buffer"]), name
+
+
+def test_only_a_chain_of_known_layers_gets_the_written_out_backward():
+    mlp = create_model("mlp", 3, (1, 4, 4), hidden=[8, 8], dropout_input=0.1, dropout_hidden=0.5)
+    assert layer_chain(mlp) == list(mlp.net)[1:]
+    assert layer_chain(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))) is not None
+    assert layer_chain(torch.nn.Sequential(torch.nn.Linear(16, 3))) is None  # no Flatten: inputs of any rank
+    assert layer_chain(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3), torch.nn.Tanh())) is None
+    assert layer_chain(create_model("cnn", 3, (1, 8, 8))) is None
+
+    class Scaled(type(mlp)):  # a subclass may have a forward of its own
+        def forward(self, x):
+            return 2 * super().forward(x)
+    assert layer_chain(Scaled(3, (1, 4, 4), hidden=[8])) is None
 
 
 @needs_kernel
