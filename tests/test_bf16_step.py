@@ -151,13 +151,14 @@ def test_only_a_chain_of_known_layers_gets_the_written_out_backward():
 
 
 @needs_kernel
-def test_a_frozen_weight_is_left_alone():
+@pytest.mark.parametrize("written_out", [False, True])
+def test_a_frozen_weight_is_left_alone(written_out):
     torch.manual_seed(0)
     model = create_model("mlp", 3, (4,), hidden=[8])
     model.net[1].weight.requires_grad_(False)
     before, trained_before = model.net[1].weight.clone(), model.net[3].weight.clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
-    step = FusedBf16Step(model, optimizer)
+    step = ChainBf16Step(model, optimizer, layer_chain(model)) if written_out else FusedBf16Step(model, optimizer)
     step.update(step.forward(torch.rand(5, 4)).float().sum())
     assert torch.equal(model.net[1].weight, before) and model.net[1].weight not in optimizer.state
     assert not torch.equal(model.net[3].weight, trained_before)
