@@ -14,8 +14,9 @@ distill/native.py) is compiled on first use; where that fails, training takes th
 
 For the MLP (a chain of Linear, ReLU and dropout layers) the backward pass is written out (`ChainBf16Step`): the
 same torch operations autograd would run, in the same order, so the same gradients bit for bit, without the
-autograd engine, `functional_call` and autocast around them (the 800-800 student's bf16 epoch went from 0.58 to
-0.54 of its fp32 epoch, the 1200-1200 teacher's from 0.51 to 0.46: docs/results.md, "bf16 against fp32").
+autograd engine, `functional_call` and autocast around them (in one invocation of benchmarks/throughput.py, the
+800-800 student's bf16 epoch went from 0.58 to 0.54 of its fp32 epoch, the 1200-1200 teacher's from 0.55 to 0.48:
+docs/results.md, "bf16 against fp32").
 """
 
 from __future__ import annotations
