@@ -113,6 +113,8 @@ class ChainBf16Step(FusedBf16Step):
         super().__init__(model, optimizer)
         prefix = {module: name for name, module in model.named_modules()}
         self.layers = [(layer, f"{prefix[layer]}.") for layer in layers]
+        # The backward pass ends there: the input needs no gradient.
+        self.first_linear = next(layer for layer in layers if type(layer) is nn.Linear)
         self.tape: list[tuple[nn.Module, str, object]] = []
         self.logits: torch.Tensor | None = None
 
@@ -142,9 +144,7 @@ class ChainBf16Step(FusedBf16Step):
     @torch.no_grad()
     def _backward(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
         grads = {}
-        first_linear = next(i for i, (layer, _, _) in enumerate(self.tape) if type(layer) is nn.Linear)
-        for index in range(len(self.tape) - 1, first_linear - 1, -1):
-            layer, prefix, saved = self.tape[index]
+        for layer, prefix, saved in reversed(self.tape):
             if type(layer) is nn.Linear:
                 # autograd's addmm backward: the weight's gradient as grad^T @ input (the weight enters transposed),
                 # the bias's as the batch sum.
@@ -152,8 +152,9 @@ class ChainBf16Step(FusedBf16Step):
                     grads[prefix + "weight"] = grad.t().mm(saved)
                 if prefix + "bias" in self.params and self.params[prefix + "bias"].requires_grad:
                     grads[prefix + "bias"] = grad.sum(0)
-                if index > first_linear:
-                    grad = grad.mm(self.copies[prefix + "weight"])
+                if layer is self.first_linear:
+                    break
+                grad = grad.mm(self.copies[prefix + "weight"])
             elif type(layer) is nn.ReLU:
                 grad = torch.ops.aten.threshold_backward(grad, saved, 0)
             else:
@@ -162,8 +163,7 @@ class ChainBf16Step(FusedBf16Step):
         return grads
 
     def gradients(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.logits.grad = None
-        loss.backward()
+        loss.backward()  # to the logits only: forward() made them a leaf
         return self._backward(self.logits.grad.to(torch.bfloat16))  # the backward of the cast to fp32
 
 

@@ -68,16 +68,19 @@ def test_the_copy_rounds_as_torchs_cast_does_nan_and_infinity_included():
     assert torch.equal(copy_[:-1], values[:-1].to(torch.bfloat16)) and copy_[-1].isnan()
 
 
-def _train(fused: bool, epochs: int = 3):
+def _train(fused: bool = True, epochs: int = 3, model_kwargs: dict | None = None, shift: int = 0,
+           weights: LossWeights = HARD_LABELS):
     generator = torch.Generator().manual_seed(0)
     inputs, labels = torch.rand(512, 1, 8, 8, generator=generator), torch.randint(0, 5, (512,), generator=generator)
+    targets = SoftTargets(logits=torch.randn(512, 5, generator=generator) * 3) if weights.w_soft else None
     torch.manual_seed(1)
-    model = create_model("mlp", 5, (1, 8, 8), hidden=[32, 16], dropout_hidden=0.3, max_norm=0.5)
-    config = TrainConfig(epochs=epochs, batch_size=32, lr=0.3, weight_decay=1e-3)
+    model = create_model("mlp", 5, (1, 8, 8), **(model_kwargs or dict(hidden=[32, 16], dropout_hidden=0.3,
+                                                                       max_norm=0.5)))
+    config = TrainConfig(epochs=epochs, batch_size=32, lr=0.3, weight_decay=1e-3, augment_shift=shift)
     optimizer = make_optimizer(model, config)
     scheduler = make_schedule(optimizer, config, math.ceil(len(inputs) / config.batch_size))
     order = torch.Generator().manual_seed(0)
-    losses = [train_epoch(model, optimizer, scheduler, inputs, labels, config, HARD_LABELS, None, order, "bf16",
+    losses = [train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, order, "bf16",
                           fused) for _ in range(epochs)]
     return losses, model, optimizer, scheduler
 
@@ -103,32 +106,19 @@ def test_training_with_the_fused_step_follows_the_autocast_path():
     assert fused_schedule.get_last_lr() == torch_schedule.get_last_lr()
 
 
-def _distil(model_kwargs: dict, shift: int, epochs: int = 2):
-    """A few bf16 epochs of soft and hard targets (T = 4) on jittered inputs: every layer's backward is used."""
-    generator = torch.Generator().manual_seed(0)
-    inputs, labels = torch.rand(256, 1, 8, 8, generator=generator), torch.randint(0, 5, (256,), generator=generator)
-    targets = SoftTargets(logits=torch.randn(256, 5, generator=generator) * 3)
-    torch.manual_seed(1)
-    model = create_model("mlp", 5, (1, 8, 8), **model_kwargs)
-    config = TrainConfig(epochs=epochs, batch_size=32, lr=0.3, weight_decay=1e-3, augment_shift=shift)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_schedule(optimizer, config, math.ceil(len(inputs) / config.batch_size))
-    order = torch.Generator().manual_seed(0)
-    losses = [train_epoch(model, optimizer, scheduler, inputs, labels, config, LossWeights(4.0, 0.7, 0.3), targets,
-                          order, "bf16") for _ in range(epochs)]
-    return losses, model, optimizer, weight_step(model, optimizer, "bf16", CPU)
-
-
 @needs_kernel
 @pytest.mark.parametrize("model_kwargs, shift", [
     ({"hidden": [32, 16], "dropout_input": 0.2, "dropout_hidden": 0.3, "max_norm": 0.5}, 1),  # the teacher's kind
     ({"hidden": [24]}, 0),  # the student's kind
 ])
 def test_the_written_out_backward_gives_autograds_gradients_bit_for_bit(monkeypatch, model_kwargs, shift):
-    chain_losses, chain, chain_optimizer, chain_step = _distil(model_kwargs, shift)
+    """Two epochs of soft and hard targets (T = 4), so that every layer's backward is used."""
+    distil = dict(epochs=2, model_kwargs=model_kwargs, shift=shift, weights=LossWeights(4.0, 0.7, 0.3))
+    chain_losses, chain, chain_optimizer, _ = _train(**distil)
+    assert type(weight_step(chain, chain_optimizer, "bf16", CPU)) is ChainBf16Step
     monkeypatch.setattr(bf16_step, "layer_chain", lambda model: None)
-    autograd_losses, reference, reference_optimizer, reference_step = _distil(model_kwargs, shift)
-    assert type(chain_step) is ChainBf16Step and type(reference_step) is FusedBf16Step
+    autograd_losses, reference, reference_optimizer, _ = _train(**distil)
+    assert type(weight_step(reference, reference_optimizer, "bf16", CPU)) is FusedBf16Step
     assert chain_losses == autograd_losses
     for (name, weight), other in zip(chain.named_parameters(), reference.parameters()):
         assert torch.equal(weight, other), name
