@@ -147,9 +147,11 @@ class ChainBf16Step(FusedBf16Step):
         for layer, prefix, saved in reversed(self.tape):
             if type(layer) is nn.Linear:
                 # autograd's addmm backward: the weight's gradient as grad^T @ input (the weight enters transposed),
-                # the bias's as the batch sum.
+                # the bias's as the batch sum. grad^T is copied out first: torch.mm gives the same numbers, and the
+                # copy and the product take less time than the product on the transposed view (the 1200-1200 MLP's
+                # bf16 epoch: 0.46 of its fp32 epoch against 0.51, paired epochs of one probe).
                 if self.params[prefix + "weight"].requires_grad:
-                    grads[prefix + "weight"] = grad.t().mm(saved)
+                    grads[prefix + "weight"] = kernels().transpose_bf16(grad).mm(saved)
                 if prefix + "bias" in self.params and self.params[prefix + "bias"].requires_grad:
                     grads[prefix + "bias"] = grad.sum(0)
                 if layer is self.first_linear:

@@ -68,6 +68,14 @@ def test_the_copy_rounds_as_torchs_cast_does_nan_and_infinity_included():
     assert torch.equal(copy_[:-1], values[:-1].to(torch.bfloat16)) and copy_[-1].isnan()
 
 
+@needs_kernel
+@pytest.mark.parametrize("shape", [(128, 800), (37, 70), (1, 33), (64, 1)])  # whole tiles, ragged edges, one line
+def test_the_transposing_copy_is_torchs(shape):
+    matrix = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    transposed = bf16_step.kernels().transpose_bf16(matrix)
+    assert transposed.is_contiguous() and torch.equal(transposed, matrix.t())
+
+
 def _train(fused: bool = True, epochs: int = 3, model_kwargs: dict | None = None, shift: int = 0,
            weights: LossWeights = HARD_LABELS):
     generator = torch.Generator().manual_seed(0)
