@@ -209,12 +209,10 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, i
         batch = augment_batch(batch, config.augment_shift, config.augment_flip, generator).contiguous(
             memory_format=layout)
         teacher_probs = targets.batch(index, batch, weights.temperature) if weights.w_soft else None
-        logits = step.forward(batch)
-        loss = distillation_loss(logits.float(), teacher_probs, labels[index], weights.temperature,
-                                 weights.w_soft, weights.w_hard)
+        loss = step.loss(step.forward(batch), teacher_probs, labels[index], weights)
         step.update(loss)
         scheduler.step()
-        total += loss.detach() * len(index)
+        total.add_(loss.detach(), alpha=len(index))
     return total.item() / len(inputs)
 
 
@@ -230,6 +228,11 @@ class AutocastStep:
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         with autocast(self.precision, self.device):
             return self.model(batch)
+
+    def loss(self, logits: torch.Tensor, teacher_probs: torch.Tensor | None, labels: torch.Tensor,
+             weights: LossWeights) -> torch.Tensor:
+        return distillation_loss(logits.float(), teacher_probs, labels, weights.temperature, weights.w_soft,
+                                 weights.w_hard)
 
     def update(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)

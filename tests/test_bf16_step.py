@@ -13,6 +13,7 @@ import torch
 from distill import bf16_step
 from distill.bf16_step import ChainBf16Step, FusedBf16Step, fusable, fused_step_available, layer_chain
 from distill.config import LossWeights, TrainConfig
+from distill.losses import distillation_loss
 from distill.models import create_model
 from distill.train import (HARD_LABELS, AutocastStep, SoftTargets, make_optimizer, make_schedule, train_epoch,
                            weight_step)
@@ -69,11 +70,12 @@ def test_the_copy_rounds_as_torchs_cast_does_nan_and_infinity_included():
 
 
 @needs_kernel
-@pytest.mark.parametrize("shape", [(128, 800), (37, 70), (1, 33), (64, 1)])  # whole tiles, ragged edges, one line
-def test_the_transposing_copy_is_torchs(shape):
+@pytest.mark.parametrize("shape", [(128, 800), (37, 70), (1, 33), (64, 1), (4096, 10)])  # ragged tiles, long sums
+def test_one_pass_gives_torchs_transpose_and_batch_sum(shape):
     matrix = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
-    transposed = bf16_step.kernels().transpose_bf16(matrix)
+    transposed, column_sums = bf16_step.kernels().transpose_and_sum_bf16(matrix)
     assert transposed.is_contiguous() and torch.equal(transposed, matrix.t())
+    assert torch.equal(column_sums, matrix.sum(0))
 
 
 def _train(fused: bool = True, epochs: int = 3, model_kwargs: dict | None = None, shift: int = 0,
@@ -114,14 +116,26 @@ def test_training_with_the_fused_step_follows_the_autocast_path():
     assert fused_schedule.get_last_lr() == torch_schedule.get_last_lr()
 
 
-@needs_kernel
-@pytest.mark.parametrize("model_kwargs, shift", [
+def _autograds_loss_gradient(logits, *args):
+    logits = logits.detach().requires_grad_()
+    with torch.enable_grad():
+        distillation_loss(logits, *args).backward()
+    return logits.grad
+
+
+CHAIN_CASES = pytest.mark.parametrize("model_kwargs, shift", [
     ({"hidden": [32, 16], "dropout_input": 0.2, "dropout_hidden": 0.3, "max_norm": 0.5}, 1),  # the teacher's kind
     ({"hidden": [24]}, 0),  # the student's kind
 ])
+
+
+@needs_kernel
+@CHAIN_CASES
 def test_the_written_out_backward_gives_autograds_gradients_bit_for_bit(monkeypatch, model_kwargs, shift):
-    """Two epochs of soft and hard targets (T = 4), so that every layer's backward is used."""
+    """Two epochs of soft and hard targets (T = 4), so that every layer's backward is used; the written-out step
+    starts from autograd's gradient of the loss here (its own closed form differs in the last bits: next test)."""
     distil = dict(epochs=2, model_kwargs=model_kwargs, shift=shift, weights=LossWeights(4.0, 0.7, 0.3))
+    monkeypatch.setattr(bf16_step, "distillation_loss_gradient", _autograds_loss_gradient)
     chain_losses, chain, chain_optimizer, _ = _train(**distil)
     assert type(weight_step(chain, chain_optimizer, "bf16", CPU)) is ChainBf16Step
     monkeypatch.setattr(bf16_step, "layer_chain", lambda model: None)
@@ -132,6 +146,19 @@ def test_the_written_out_backward_gives_autograds_gradients_bit_for_bit(monkeypa
         assert torch.equal(weight, other), name
         assert torch.equal(chain_optimizer.state[weight]["momentum_buffer"],
                            reference_optimizer.state[other]["momentum_buffer"]), name
+
+
+@needs_kernel
+@CHAIN_CASES
+def test_the_loss_gradient_in_closed_form_trains_as_autograds(monkeypatch, model_kwargs, shift):
+    """The same two epochs with the step's own closed-form gradient of the loss: rounding apart, the same run."""
+    distil = dict(epochs=2, model_kwargs=model_kwargs, shift=shift, weights=LossWeights(4.0, 0.7, 0.3))
+    closed_losses, closed, _, _ = _train(**distil)
+    monkeypatch.setattr(bf16_step, "distillation_loss_gradient", _autograds_loss_gradient)
+    autograd_losses, reference, _, _ = _train(**distil)
+    assert closed_losses == pytest.approx(autograd_losses, rel=1e-4)
+    for (name, weight), other in zip(closed.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(weight, other, rtol=0, atol=1e-4, msg=name)
 
 
 def test_only_a_chain_of_known_layers_gets_the_written_out_backward():
@@ -157,7 +184,7 @@ def test_a_frozen_weight_is_left_alone(written_out):
     before, trained_before = model.net[1].weight.clone(), model.net[3].weight.clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
     step = ChainBf16Step(model, optimizer, layer_chain(model)) if written_out else FusedBf16Step(model, optimizer)
-    step.update(step.forward(torch.rand(5, 4)).float().sum())
+    step.update(step.loss(step.forward(torch.rand(5, 4)), None, torch.tensor([0, 1, 2, 0, 1]), HARD_LABELS))
     assert torch.equal(model.net[1].weight, before) and model.net[1].weight not in optimizer.state
     assert not torch.equal(model.net[3].weight, trained_before)
 

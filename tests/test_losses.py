@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.losses import distillation_loss, hard_label_loss, soft_target_loss, softmax_at
+from distill.losses import (distillation_loss, distillation_loss_gradient, hard_label_loss, soft_target_loss,
+                            softmax_at)
 
 
 def _example(batch=6, classes=5, seed=0):
@@ -60,6 +61,18 @@ def test_weighted_mix_is_the_sum_of_weighted_terms():
     mix = distillation_loss(student, p, labels, temperature=4.0, w_soft=0.7, w_hard=0.3)
     expected = 0.7 * soft_target_loss(student, p, 4.0) + 0.3 * hard_label_loss(student, labels)
     assert mix.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-15), (torch.float32, 1e-7)])
+@pytest.mark.parametrize("temperature, w_soft, w_hard", [(1.0, 0.0, 1.0), (4.0, 1.0, 0.0), (20.0, 0.7, 0.3),
+                                                         (2.0, 1.0, 1.0)])
+def test_the_closed_form_gradient_is_autograds(dtype, tolerance, temperature, w_soft, w_hard):
+    student, teacher, labels = _example(batch=7, classes=11)
+    student = student.to(dtype).requires_grad_()
+    p = softmax_at(teacher.to(dtype), temperature)
+    distillation_loss(student, p, labels, temperature, w_soft, w_hard).backward()
+    closed = distillation_loss_gradient(student.detach(), p, labels, temperature, w_soft, w_hard)
+    torch.testing.assert_close(closed, student.grad, rtol=0, atol=tolerance * temperature)
 
 
 def test_hard_only_ignores_missing_teacher():
