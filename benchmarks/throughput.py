@@ -7,7 +7,8 @@ For the paper's 1200-1200 teacher (dropout, max-norm, 2-pixel jitter) and 800-80
 MNIST-shaped data, in each precision, it reports the epoch time and the achieved training FLOP/s (the GEMM work of
 forward and backward, counted exactly) as a share of the FLOP/s that torch.mm reaches on the very same matrix
 shapes in that precision, in this process; then the bf16 epoch over the fp32 epoch. bf16 is timed three times: as
-training runs it (distill/bf16_step.py: the fused update, and for these MLPs the backward pass written out), with
+training runs it (distill/bf16_step.py: the fused update, and for these MLPs the backward pass written out; the
+student's inputs cast to bf16 once per run, before its first epoch, as distill.train.train does), with
 the fused update under torch's autograd (`bf16_autograd`, before the written-out backward) and with torch's
 autocast step (`bf16_autocast`, before the fused update). It also times a student epoch
 on cached soft targets (T = 20) against a hard-label epoch of the same student. For the small CNN (`cnn`, 32-64
@@ -86,8 +87,10 @@ def time_epoch(kwargs: dict, config: TrainConfig, weights: LossWeights, inputs, 
     generator = torch.Generator().manual_seed(0)
     autograd = mock.patch.object(distill.bf16_step, "layer_chain", lambda model: None) \
         if precision == "bf16_autograd" else contextlib.nullcontext()
-    started = time.perf_counter()
     with autograd:
+        if not precision.endswith("_autocast"):  # as distill.train.train does, once per run
+            inputs = distill.train.step_inputs(model, optimizer, precision.split("_")[0], inputs, targets)
+        started = time.perf_counter()
         train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator,
                     precision.split("_")[0], fused=not precision.endswith("_autocast"))
     return time.perf_counter() - started

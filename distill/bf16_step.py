@@ -111,6 +111,13 @@ def layer_chain(model: nn.Module) -> list[nn.Module] | None:
     return layers
 
 
+def casts_inputs_first(model: nn.Module) -> bool:
+    """Whether the written-out step's first operation is the cast of its inputs to bf16: a layer chain that starts
+    with a linear layer (dropout on the inputs scales them in fp32 first)."""
+    layers = layer_chain(model)
+    return layers is not None and type(layers[0]) is nn.Linear
+
+
 class ChainBf16Step(FusedBf16Step):
     """FusedBf16Step for a `layer_chain` model, its forward and backward passes written out: the operations autocast
     and autograd run for each layer (addmm on the bf16 copies; in-place ReLU and its threshold_backward; the dropout

@@ -15,7 +15,8 @@ from distill.bf16_step import ChainBf16Step, FusedBf16Step, fusable, fused_step_
 from distill.config import LossWeights, TrainConfig
 from distill.losses import distillation_loss
 from distill.models import create_model
-from distill.train import (HARD_LABELS, AutocastStep, SoftTargets, make_optimizer, make_schedule, train_epoch,
+from distill import train as train_module
+from distill.train import (HARD_LABELS, AutocastStep, SoftTargets, make_optimizer, make_schedule, train, train_epoch,
                            weight_step)
 
 CPU = torch.device("cpu")
@@ -159,6 +160,44 @@ def test_the_loss_gradient_in_closed_form_trains_as_autograds(monkeypatch, model
     assert closed_losses == pytest.approx(autograd_losses, rel=1e-4)
     for (name, weight), other in zip(closed.named_parameters(), reference.parameters()):
         torch.testing.assert_close(weight, other, rtol=0, atol=1e-4, msg=name)
+
+
+@needs_kernel
+def test_inputs_cast_once_per_run_train_as_batches_cast_each_step(monkeypatch):
+    """A chain that starts with a linear layer casts its inputs to bf16 first: train() casts them once instead,
+    with shifted and mirrored batches, and the run is the same bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    inputs, labels = torch.rand(300, 1, 6, 6, generator=generator), torch.randint(0, 4, (300,), generator=generator)
+    config = TrainConfig(epochs=2, batch_size=32, lr=0.2, augment_shift=1, augment_flip=True)
+
+    def run():
+        torch.manual_seed(0)
+        model = create_model("mlp", 4, (1, 6, 6), hidden=[16], dropout_hidden=0.2)
+        return train(model, inputs, labels, config, precision="bf16"), model
+    cast_once = run()
+    assert train_module.step_inputs(cast_once[1], make_optimizer(cast_once[1], config), "bf16", inputs,
+                                    None).dtype == torch.bfloat16
+    monkeypatch.setattr(train_module, "step_inputs", lambda model, optimizer, precision, inputs, targets: inputs)
+    cast_each_step = run()
+    assert [r.loss for r in cast_once[0]] == [r.loss for r in cast_each_step[0]]
+    for weight, other in zip(cast_once[1].parameters(), cast_each_step[1].parameters()):
+        assert torch.equal(weight, other)
+
+
+@needs_kernel
+def test_inputs_stay_fp32_where_the_step_does_not_cast_them_first():
+    inputs = torch.rand(8, 1, 4, 4)
+    student = create_model("mlp", 3, (1, 4, 4), hidden=[8])
+    teacher = create_model("mlp", 3, (1, 4, 4), hidden=[8], dropout_input=0.2)  # scales the inputs in fp32 first
+    sgd = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+    assert train_module.step_inputs(student, sgd, "bf16", inputs, None).dtype == torch.bfloat16
+    assert train_module.step_inputs(student, sgd, "fp32", inputs, None) is inputs
+    assert train_module.step_inputs(student, sgd, "bf16", inputs, SoftTargets(teacher=teacher)) is inputs
+    assert train_module.step_inputs(teacher, torch.optim.SGD(teacher.parameters(), lr=0.1, momentum=0.9), "bf16",
+                                    inputs, None) is inputs
+    cnn = create_model("cnn", 3, (1, 8, 8))
+    assert train_module.step_inputs(cnn, torch.optim.SGD(cnn.parameters(), lr=0.1, momentum=0.9), "bf16",
+                                    torch.rand(8, 1, 8, 8), None).dtype == torch.float32
 
 
 def test_only_a_chain_of_known_layers_gets_the_written_out_backward():
