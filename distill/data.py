@@ -22,6 +22,7 @@ from distill.config import check_arguments
 from distill.errors import ConfigError, DataError
 from distill.image_folder import list_folder, read_folder, split_per_class
 from distill.memory import check_fits, physical_memory
+from distill.native import kernels
 from distill.plugins import is_plugin, load_plugin
 from distill.storage import atomic_torch_save, cache_home, fingerprint
 from distill.streamed import STATS_CHUNK, Inputs, StreamedImages, channel_stats, inputs_hash
@@ -460,14 +461,19 @@ def _read_omniglot(folders: list[Path], size: int) -> dict[str, torch.Tensor]:
 def translate_batch(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Shift each image of an N x C x H x W batch by its own random offset in [-max_shift, max_shift] pixels.
 
-    The whole batch moves with one gather on a zero-padded, flattened copy, not image by image.
+    With the C++ kernel (distill/native.py) row segment by row segment; else the whole batch moves with one gather
+    on a zero-padded, flattened copy: the same values, but the kernel made the 1200-1200 teacher's bf16 epoch 8 %
+    shorter and its fp32 epoch 2 % (2-pixel shifts of MNIST batches of 128, paired part-epochs of one probe).
     """
     if max_shift == 0:
         return images
     n, channels, height, width = images.shape
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator, device=images.device)
+    kernel = kernels() if images.device.type == "cpu" and images.is_contiguous() else None
+    if kernel is not None:
+        return kernel.shift_images(images, offsets, max_shift)
     padded_width = width + 2 * max_shift
     padded = torch.nn.functional.pad(images, (max_shift,) * 4).reshape(n, channels, -1)
-    offsets = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator, device=images.device)
     window = (torch.arange(height, device=images.device)[:, None] * padded_width
               + torch.arange(width, device=images.device)).reshape(-1)
     index = window + (offsets[0] * padded_width + offsets[1])[:, None]

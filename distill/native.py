@@ -1,5 +1,7 @@
-"""C++ kernels for passes torch runs as several: the fused bf16 update (`sgd_step`, used by distill/bf16_step.py)
-and the dropout masks (`dropout_mask_scale`, distill/dropout.py), which also say what each computes.
+"""C++ kernels for passes torch runs as several, or slowly: the fused bf16 update (`sgd_step`) and a linear layer's
+transposed gradient with its batch sum (`transpose_and_sum_bf16`), used by distill/bf16_step.py; the random shifts
+of augmentation (`shift_images`, distill/data.py); the dropout masks (`dropout_mask_scale`, distill/dropout.py).
+Those modules also say what each computes.
 
 They are one extension, built with `torch.utils.cpp_extension` (a C++ compiler and ninja) on first use, once per
 CPU type, torch version and source, into torch's extension folder ($TORCH_EXTENSIONS_DIR, else
@@ -142,6 +144,43 @@ std::vector<torch::Tensor> transpose_and_sum_bf16(torch::Tensor x) {
   return {y, sums};
 }
 
+// ---- The random shifts of distill/data.py ----
+// Image i moved by offsets[0][i] - shift rows and offsets[1][i] - shift columns, zeros where it moved in from
+// outside: the gather of translate_batch on a zero-padded copy, done here row segment by row segment, for any
+// element type (it only moves bytes; the zero bytes are +0.0).
+torch::Tensor shift_images(torch::Tensor images, torch::Tensor offsets, int64_t shift) {
+  TORCH_CHECK(images.dim() == 4 && images.is_contiguous() && images.device().is_cpu(), "shift_images: a "
+              "contiguous N x C x H x W CPU tensor");
+  TORCH_CHECK(offsets.dim() == 2 && offsets.size(0) == 2 && offsets.size(1) == images.size(0) &&
+              offsets.scalar_type() == at::kLong && offsets.is_contiguous(), "shift_images: offsets (2, N) int64");
+  const int64_t n = images.size(0), planes = images.size(1), h = images.size(2), w = images.size(3);
+  const int64_t bytes = images.element_size();
+  auto out = torch::empty_like(images);
+  const char* src = static_cast<const char*>(images.data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  at::parallel_for(0, n, 16, [=](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t dy = off[i] - shift, dx = off[n + i] - shift;  // output (y, x) reads (y + dy, x + dx)
+      const int64_t x0 = std::clamp<int64_t>(-dx, 0, w), x1 = std::clamp<int64_t>(w - dx, x0, w);
+      for (int64_t plane = i * planes; plane < (i + 1) * planes; ++plane) {
+        for (int64_t y = 0; y < h; ++y) {
+          char* row = dst + (plane * h + y) * w * bytes;
+          const int64_t from = y + dy;
+          if (from < 0 || from >= h) {
+            std::memset(row, 0, w * bytes);
+            continue;
+          }
+          std::memset(row, 0, x0 * bytes);
+          std::memcpy(row + x0 * bytes, src + ((plane * h + from) * w + x0 + dx) * bytes, (x1 - x0) * bytes);
+          std::memset(row + x1 * bytes, 0, (w - x1) * bytes);
+        }
+      }
+    }
+  });
+  return out;
+}
+
 // ---- The dropout masks of distill/dropout.py ----
 #include <type_traits>
 
@@ -202,7 +241,7 @@ torch::Tensor dropout_mask_scale(torch::Tensor x, int64_t seed, int64_t threshol
 }
 """
 
-_FUNCTIONS = ["sgd_step", "transpose_and_sum_bf16", "dropout_mask_scale"]
+_FUNCTIONS = ["sgd_step", "transpose_and_sum_bf16", "shift_images", "dropout_mask_scale"]
 _FLAGS = ["-O3", "-march=native", "-fopenmp"]
 
 
@@ -222,7 +261,7 @@ def kernels() -> ModuleType | None:
         return module
     except Exception as error:  # noqa: BLE001 (a missing compiler surfaces as many kinds of error)
         log.warning("the C++ kernels could not be built (%s); bf16 training uses torch.autocast, and dropout masks "
-                    "come from torch operations (the same masks, more slowly)",
+                    "and shifted images come from torch operations (the same values, more slowly)",
                     str(error).splitlines()[0] if str(error) else type(error).__name__)
         return None
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import omniglot_pngs
+from distill import data as data_module
 from distill.data import augment_batch, load_dataset, make_transfer_set, resolve_data_root, translate_batch
 from distill.errors import ConfigError, DataError
 
@@ -149,6 +150,20 @@ def test_translation_moves_each_image_by_at_most_k_pixels():
     offsets = set(zip((rows - 4).tolist(), (cols - 4).tolist()))
     assert offsets == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
     assert translate_batch(images, 0) is images
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape, shift", [((64, 1, 9, 7), 2), ((16, 3, 5, 5), 1), ((16, 2, 3, 4), 5)])
+def test_the_shift_kernel_moves_pixels_as_the_padded_gather_does(monkeypatch, dtype, shape, shift):
+    """Shifts within the image, and (shift 5 on 3 x 4 images) past its edges."""
+    if data_module.kernels() is None:
+        pytest.skip("the C++ kernels cannot be built here (no compiler or ninja): only the gather runs")
+    images = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    kernel = translate_batch(images, shift, torch.Generator().manual_seed(1))
+    monkeypatch.setattr(data_module, "kernels", lambda: None)
+    gathered = translate_batch(images, shift, torch.Generator().manual_seed(1))
+    assert kernel.dtype == dtype and torch.equal(kernel, gathered)
+    assert not torch.equal(kernel, images)
 
 
 def test_transfer_fraction_and_class_filters():
