@@ -13,10 +13,11 @@ torch keeps it) and so checkpoints and resumes are those of the autocast path. T
 distill/native.py) is compiled on first use; where that fails, training takes the autocast path.
 
 For the MLP (a chain of Linear, ReLU and dropout layers) the backward pass is written out (`ChainBf16Step`): the
-same torch operations autograd would run, in the same order, so the same gradients bit for bit, without the
-autograd engine, `functional_call` and autocast around them (in one invocation of benchmarks/throughput.py, the
-800-800 student's bf16 epoch went from 0.58 to 0.54 of its fp32 epoch, the 1200-1200 teacher's from 0.55 to 0.48:
-docs/results.md, "bf16 against fp32").
+loss's gradient in closed form, then the same torch operations autograd would run, in the same order, so from the
+same loss gradient the same gradients bit for bit, without the autograd engine, `functional_call` and autocast
+around them (docs/results.md, "bf16 against fp32": in the last invocation of benchmarks/throughput.py the 800-800
+student's bf16 epoch took 0.53 of its fp32 epoch against 0.63 under autograd, the 1200-1200 teacher's 0.47 against
+0.54).
 """
 
 from __future__ import annotations
