@@ -172,7 +172,9 @@ torch::Tensor shift_images(torch::Tensor images, torch::Tensor offsets, int64_t 
             continue;
           }
           std::memset(row, 0, x0 * bytes);
-          std::memcpy(row + x0 * bytes, src + ((plane * h + from) * w + x0 + dx) * bytes, (x1 - x0) * bytes);
+          if (x1 > x0) {  // else the source column would lie outside the image: nothing to copy
+            std::memcpy(row + x0 * bytes, src + ((plane * h + from) * w + x0 + dx) * bytes, (x1 - x0) * bytes);
+          }
           std::memset(row + x1 * bytes, 0, (w - x1) * bytes);
         }
       }
