@@ -169,14 +169,14 @@ class ChainBf16Step(FusedBf16Step):
         for layer, prefix, saved in reversed(self.tape):
             if type(layer) is nn.Linear:
                 # autograd's addmm backward: the weight's gradient as grad^T @ input (the weight enters transposed),
-                # the bias's as the batch sum. Both from one pass that copies grad^T out and sums its columns: torch.mm
-                # gives the same numbers on that copy as on the transposed view, in less time with the copy (the
-                # 1200-1200 MLP's bf16 epoch: 0.46 of its fp32 epoch against 0.51, paired epochs of one probe).
-                grad_t, batch_sum = kernels().transpose_and_sum_bf16(grad)
+                # the bias's as the batch sum. grad^T is copied out first: torch.mm gives the same numbers on that
+                # copy as on the transposed view, in less time with the copy (the 1200-1200 MLP's bf16 epoch: 0.46
+                # of its fp32 epoch against 0.51, paired epochs of one probe). The sum stays torch's: a sum in
+                # another order, fused into that copy, differed from it in the last bit where terms cancel.
                 if self.params[prefix + "weight"].requires_grad:
-                    grads[prefix + "weight"] = grad_t.mm(saved)
+                    grads[prefix + "weight"] = kernels().transpose_bf16(grad).mm(saved)
                 if prefix + "bias" in self.params and self.params[prefix + "bias"].requires_grad:
-                    grads[prefix + "bias"] = batch_sum
+                    grads[prefix + "bias"] = grad.sum(0)
                 if layer is self.first_linear:
                     break
                 grad = grad.mm(self.copies[prefix + "weight"])

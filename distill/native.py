@@ -1,5 +1,5 @@
 """C++ kernels for passes torch runs as several, or slowly: the fused bf16 update (`sgd_step`) and a linear layer's
-transposed gradient with its batch sum (`transpose_and_sum_bf16`), used by distill/bf16_step.py; the random shifts
+transposed gradient (`transpose_bf16`), used by distill/bf16_step.py; the random shifts
 of augmentation (`shift_images`, distill/data.py); the dropout masks (`dropout_mask_scale`, distill/dropout.py).
 Those modules also say what each computes.
 
@@ -110,38 +110,30 @@ void sgd_step(torch::Tensor weight, torch::Tensor momentum, torch::Tensor grad, 
   }
 }
 
-// ---- A linear layer's gradients in distill/bf16_step.py ----
-// x^T laid out contiguously, and x's column sums in fp32 row by row, rounded to bf16 (as torch's x.sum(0)), in
-// one pass. torch.mm runs a weight's gradient grad^T @ input twice as slowly on the transposed view as on grad^T
-// copied out, and torch's own transposing copy is as slow as the difference: a tiled copy of 16-bit words here.
-std::vector<torch::Tensor> transpose_and_sum_bf16(torch::Tensor x) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16, "transpose_and_sum_bf16: a "
-              "contiguous 2-d bf16 tensor");
+// ---- The transposed gradient of distill/bf16_step.py ----
+// x^T laid out contiguously. torch.mm runs a weight's gradient grad^T @ input twice as slowly on the transposed view
+// as on grad^T copied out, and torch's own transposing copy is as slow as the difference: a tiled copy of 16-bit
+// words here.
+torch::Tensor transpose_bf16(torch::Tensor x) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16, "transpose_bf16: a contiguous "
+              "2-d bf16 tensor");
   const int64_t rows = x.size(0), cols = x.size(1);
   auto y = torch::empty({cols, rows}, x.options());
-  auto sums = torch::empty({cols}, x.options());
   const uint16_t* a = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   uint16_t* b = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
-  uint16_t* s = reinterpret_cast<uint16_t*>(sums.data_ptr<at::BFloat16>());
   constexpr int64_t tile = 32;
   at::parallel_for(0, (cols + tile - 1) / tile, 1, [=](int64_t begin, int64_t end) {
     for (int64_t c0 = begin * tile; c0 < std::min(cols, end * tile); c0 += tile) {
       const int64_t c1 = std::min(cols, c0 + tile);
-      float total[tile] = {};
-      for (int64_t r0 = 0; r0 < rows; r0 += tile) {  // rows in order: each column is summed first row to last
+      for (int64_t r0 = 0; r0 < rows; r0 += tile) {
         const int64_t r1 = std::min(rows, r0 + tile);
         for (int64_t c = c0; c < c1; ++c) {
-          for (int64_t r = r0; r < r1; ++r) {
-            const uint16_t v = a[r * cols + c];
-            b[c * rows + r] = v;
-            total[c - c0] += from_bf16(v);
-          }
+          for (int64_t r = r0; r < r1; ++r) b[c * rows + r] = a[r * cols + c];
         }
       }
-      for (int64_t c = c0; c < c1; ++c) s[c] = to_bf16(total[c - c0]);
     }
   });
-  return {y, sums};
+  return y;
 }
 
 // ---- The random shifts of distill/data.py ----
@@ -243,7 +235,7 @@ torch::Tensor dropout_mask_scale(torch::Tensor x, int64_t seed, int64_t threshol
 }
 """
 
-_FUNCTIONS = ["sgd_step", "transpose_and_sum_bf16", "shift_images", "dropout_mask_scale"]
+_FUNCTIONS = ["sgd_step", "transpose_bf16", "shift_images", "dropout_mask_scale"]
 _FLAGS = ["-O3", "-march=native", "-fopenmp"]
 
 

@@ -71,12 +71,11 @@ def test_the_copy_rounds_as_torchs_cast_does_nan_and_infinity_included():
 
 
 @needs_kernel
-@pytest.mark.parametrize("shape", [(128, 800), (37, 70), (1, 33), (64, 1), (4096, 10)])  # ragged tiles, long sums
-def test_one_pass_gives_torchs_transpose_and_batch_sum(shape):
+@pytest.mark.parametrize("shape", [(128, 800), (37, 70), (1, 33), (64, 1)])  # whole tiles, ragged edges, one line
+def test_the_transposing_copy_is_torchs(shape):
     matrix = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
-    transposed, column_sums = bf16_step.kernels().transpose_and_sum_bf16(matrix)
+    transposed = bf16_step.kernels().transpose_bf16(matrix)
     assert transposed.is_contiguous() and torch.equal(transposed, matrix.t())
-    assert torch.equal(column_sums, matrix.sum(0))
 
 
 def _train(fused: bool = True, epochs: int = 3, model_kwargs: dict | None = None, shift: int = 0,
