@@ -87,12 +87,13 @@ def time_epoch(kwargs: dict, config: TrainConfig, weights: LossWeights, inputs, 
     generator = torch.Generator().manual_seed(0)
     autograd = mock.patch.object(distill.bf16_step, "layer_chain", lambda model: None) \
         if precision == "bf16_autograd" else contextlib.nullcontext()
+    compute, fused = precision.split("_")[0], not precision.endswith("_autocast")
     with autograd:
-        if not precision.endswith("_autocast"):  # as distill.train.train does, once per run
-            inputs = distill.train.step_inputs(model, optimizer, precision.split("_")[0], inputs, targets)
+        if fused:  # as distill.train.train does, once per run
+            inputs = distill.train.step_inputs(model, optimizer, compute, inputs, targets)
         started = time.perf_counter()
-        train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator,
-                    precision.split("_")[0], fused=not precision.endswith("_autocast"))
+        train_epoch(model, optimizer, scheduler, inputs, labels, config, weights, targets, generator, compute,
+                    fused=fused)
     return time.perf_counter() - started
 
 
