@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from distill.config import LossWeights
 from distill.dropout import BitDropout, mask_scale
-from distill.losses import distillation_loss, distillation_loss_gradient
+from distill.losses import distillation_loss, distillation_loss_gradient, run_loss
 from distill.models import MLP
 from distill.native import kernels
 
@@ -66,10 +66,7 @@ class FusedBf16Step:
         with torch.autocast("cpu", dtype=torch.bfloat16):  # casts the batch and anything outside the weights
             return functional_call(self.model, self.copies, (batch,))
 
-    def loss(self, logits: torch.Tensor, teacher_probs: torch.Tensor | None, labels: torch.Tensor,
-             weights: LossWeights) -> torch.Tensor:
-        return distillation_loss(logits.float(), teacher_probs, labels, weights.temperature, weights.w_soft,
-                                 weights.w_hard)
+    loss = staticmethod(run_loss)
 
     def gradients(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
         """The bf16 gradient of each weight the loss reaches."""

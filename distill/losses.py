@@ -3,6 +3,8 @@
 import torch
 import torch.nn.functional as F
 
+from distill.config import LossWeights
+
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 * KL(p || softmax(z / T)), averaged over the batch.
@@ -34,6 +36,14 @@ def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor 
     if w_hard:
         terms.append(_weighted(w_hard, hard_label_loss(student_logits, labels)))
     return sum(terms[1:], terms[0]) if terms else student_logits.new_zeros(())
+
+
+def run_loss(logits: torch.Tensor, teacher_probs: torch.Tensor | None, labels: torch.Tensor,
+             weights: LossWeights) -> torch.Tensor:
+    """distillation_loss with a run's weights, on fp32 logits (a bf16 forward pass's are cast up first): the loss
+    of a training step."""
+    return distillation_loss(logits.float(), teacher_probs, labels, weights.temperature, weights.w_soft,
+                             weights.w_hard)
 
 
 def distillation_loss_gradient(student_logits: torch.Tensor, teacher_probs: torch.Tensor | None, labels: torch.Tensor,

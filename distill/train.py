@@ -24,7 +24,7 @@ from distill.bf16_step import FusedBf16Step, casts_inputs_first, fusable, fused_
 from distill.config import LossWeights, TrainConfig
 from distill.data import augment_batch
 from distill.errors import TrainingError
-from distill.losses import distillation_loss, softmax_at
+from distill.losses import run_loss, softmax_at
 from distill.memory import retain_freed_memory
 from distill.models import CHANNELS_LAST
 from distill.precision import ComputePrecision, autocast
@@ -230,10 +230,7 @@ class AutocastStep:
         with autocast(self.precision, self.device):
             return self.model(batch)
 
-    def loss(self, logits: torch.Tensor, teacher_probs: torch.Tensor | None, labels: torch.Tensor,
-             weights: LossWeights) -> torch.Tensor:
-        return distillation_loss(logits.float(), teacher_probs, labels, weights.temperature, weights.w_soft,
-                                 weights.w_hard)
+    loss = staticmethod(run_loss)
 
     def update(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
