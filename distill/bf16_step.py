@@ -16,8 +16,8 @@ For the MLP (a chain of Linear, ReLU and dropout layers) the backward pass is wr
 loss's gradient in closed form, then the same torch operations autograd would run, in the same order, so from the
 same loss gradient the same gradients bit for bit, without the autograd engine, `functional_call` and autocast
 around them (docs/results.md, "bf16 against fp32": in the last invocation of benchmarks/throughput.py the 800-800
-student's bf16 epoch took 0.51 of its fp32 epoch against 0.63 under autograd, the 1200-1200 teacher's 0.46 against
-0.55).
+student's bf16 epoch took 0.48 of its fp32 epoch against 0.58 under autograd, the 1200-1200 teacher's 0.42 against
+0.52).
 """
 
 from __future__ import annotations
