@@ -153,7 +153,10 @@ def test_the_written_out_backward_is_autograds_where_the_batch_sums_cancel():
     """A bias gradient summed in another order than torch's passes the test above: bf16 terms of similar size sum
     exactly in fp32 whatever the order. Not where large terms cancel and small ones remain, as in a model that fits
     its data (some examples' gradients near 0, others near 1): a column sum fused into the transposing copy drifted
-    in the demo's ninth epoch. Here each column's loss gradient is +1 and -1 around terms of 1e-12 to 1e-6."""
+    in the demo's ninth epoch. Here each column's loss gradient is +1 and -1 around terms of 1e-12 to 1e-6. The
+    weights' gradients are compared to one bf16 rounding step only: they are torch.mm's on grad^T copied out and on
+    its transposed view, the same numbers with AMX kernels, but with AVX2 ones (a simulated host without bf16 units)
+    one element of 180 rounded the other way."""
     torch.manual_seed(0)
     model = create_model("mlp", 6, (1, 5, 5), hidden=[40, 30])
     batch = torch.rand(128, 1, 5, 5)
@@ -169,7 +172,10 @@ def test_the_written_out_backward_is_autograds_where_the_batch_sums_cancel():
     assert chain.keys() == autograd.keys()
     assert (autograd["net.5.bias"].float().abs() < 1e-4).all()  # the output layer's +1 and -1 cancel
     for name, grad in chain.items():
-        assert torch.equal(grad, autograd[name]), name
+        if name.endswith("bias"):
+            assert torch.equal(grad, autograd[name]), name
+        else:
+            torch.testing.assert_close(grad, autograd[name], rtol=2**-7, atol=1e-6, msg=name)
 
 
 @needs_kernel
