@@ -75,6 +75,11 @@ class TrainConfig:
     # evaluation): bf16 under autocast with fp32 master weights, or fp32; auto is bf16 where the hardware has bf16
     # matrix units (distill/precision.py). The precision used is recorded with the model.
     precision: Precision = "auto"
+    # Gradients are scaled down to this total L2 norm before each update where theirs is larger (torch's
+    # clip_grad_norm_); None leaves them as they are. A student at high T needs it most: the soft term's gradient
+    # on the logits is T (q_T - p_T), up to T times the hard-label term's, so at the hard-label baseline's learning
+    # rate its steps are several times longer (docs/method.md, "Gradient clipping").
+    clip_grad_norm: float | None = None
 
     @property
     def augments(self) -> bool:
@@ -87,6 +92,8 @@ class TrainConfig:
         _require(0 <= self.momentum < 1, f"{where}.momentum must be in [0, 1), got {self.momentum}")
         _require(self.weight_decay >= 0, f"{where}.weight_decay must be >= 0, got {self.weight_decay}")
         _require(self.augment_shift >= 0, f"{where}.augment_shift must be >= 0, got {self.augment_shift}")
+        _require(self.clip_grad_norm is None or self.clip_grad_norm > 0,
+                 f"{where}.clip_grad_norm must be > 0 (or null: no clipping), got {self.clip_grad_norm}")
         _require(0 <= self.average_last <= self.epochs,
                  f"{where}.average_last must be in [0, epochs={self.epochs}], got {self.average_last}")
 

@@ -44,16 +44,18 @@ static inline uint16_t to_bf16(float f) {
 // ---- The fused SGD update of distill/bf16_step.py ----
 #include <cmath>
 
-// One row: d = g + decay w; m = d (first step) or mu m + d; w -= lr (d + mu m) with Nesterov, lr m without; a row
-// whose norm exceeds cap > 0 is scaled to cap / (norm + 1e-7) of itself (torch.renorm); copy = bf16(w). The
-// choices are template arguments: as runtime selects inside the loop they made it four times slower.
+// One row: d = s g + decay w (s: the step's gradient scale, below 1 where gradients are clipped); m = d (first
+// step) or mu m + d; w -= lr (d + mu m) with Nesterov, lr m without; a row whose norm exceeds cap > 0 is scaled to
+// cap / (norm + 1e-7) of itself (torch.renorm); copy = bf16(w). The choices are template arguments: as runtime
+// selects inside the loop they made it four times slower.
 template <bool First, bool Nesterov, bool Decay>
 static void sgd_row(float* __restrict w, float* __restrict m, const uint16_t* __restrict g, uint16_t* __restrict c,
-                    int64_t n, float lr, float mu, float decay, float cap) {
+                    int64_t n, float lr, float mu, float decay, float cap, float scale) {
   float squares = 0.f;
   #pragma omp simd reduction(+:squares)
   for (int64_t k = 0; k < n; ++k) {
-    const float d = Decay ? from_bf16(g[k]) + decay * w[k] : from_bf16(g[k]);  // as torch: no 0 * inf
+    const float gk = from_bf16(g[k]) * scale;  // exact where scale is 1
+    const float d = Decay ? gk + decay * w[k] : gk;  // as torch: no 0 * inf
     const float mk = First ? d : mu * m[k] + d;
     m[k] = mk;
     const float wk = w[k] - lr * (Nesterov ? d + mu * mk : mk);
@@ -62,9 +64,9 @@ static void sgd_row(float* __restrict w, float* __restrict m, const uint16_t* __
   }
   const float norm = std::sqrt(squares);
   if (cap > 0.f && norm > cap) {
-    const float scale = cap / (norm + 1e-7f);
+    const float shrink = cap / (norm + 1e-7f);
     #pragma omp simd
-    for (int64_t k = 0; k < n; ++k) w[k] *= scale;
+    for (int64_t k = 0; k < n; ++k) w[k] *= shrink;
   }
   #pragma omp simd
   for (int64_t k = 0; k < n; ++k) c[k] = to_bf16(w[k]);
@@ -72,19 +74,19 @@ static void sgd_row(float* __restrict w, float* __restrict m, const uint16_t* __
 
 template <bool First, bool Nesterov, bool Decay>
 static void sgd_rows(float* w, float* m, const uint16_t* g, uint16_t* c, int64_t rows, int64_t cols, float lr,
-                     float mu, float decay, float cap) {
+                     float mu, float decay, float cap, float scale) {
   at::parallel_for(0, rows, 1, [=](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       sgd_row<First, Nesterov, Decay>(w + r * cols, m + r * cols, g + r * cols, c + r * cols, cols, lr, mu, decay,
-                                      cap);
+                                      cap, scale);
     }
   });
 }
 
-// One SGD step on an fp32 weight, its rows capped at max_norm when > 0 (a weight of fewer than 2 dimensions is
-// one row).
+// One SGD step on an fp32 weight from its gradient times grad_scale, its rows capped at max_norm when > 0 (a weight
+// of fewer than 2 dimensions is one row).
 void sgd_step(torch::Tensor weight, torch::Tensor momentum, torch::Tensor grad, torch::Tensor copy, double lr,
-              double mu, bool nesterov, double decay, double max_norm, bool first) {
+              double mu, bool nesterov, double decay, double max_norm, bool first, double grad_scale) {
   for (const auto& t : {weight, momentum, grad, copy}) {
     TORCH_CHECK(t.is_contiguous() && t.numel() == weight.numel(), "sgd_step: tensors must be contiguous, one shape");
   }
@@ -96,17 +98,17 @@ void sgd_step(torch::Tensor weight, torch::Tensor momentum, torch::Tensor grad, 
   float* m = momentum.data_ptr<float>();
   const uint16_t* g = reinterpret_cast<const uint16_t*>(grad.data_ptr<at::BFloat16>());
   uint16_t* c = reinterpret_cast<uint16_t*>(copy.data_ptr<at::BFloat16>());
-  const float args[] = {float(lr), float(mu), float(decay), float(max_norm)};
+  const float args[] = {float(lr), float(mu), float(decay), float(max_norm), float(grad_scale)};
   const int variant = (first ? 4 : 0) + (nesterov ? 2 : 0) + (decay != 0.0 ? 1 : 0);
   switch (variant) {
-    case 0: sgd_rows<false, false, false>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3]); break;
-    case 1: sgd_rows<false, false, true>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3]); break;
-    case 2: sgd_rows<false, true, false>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3]); break;
-    case 3: sgd_rows<false, true, true>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3]); break;
-    case 4: sgd_rows<true, false, false>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3]); break;
-    case 5: sgd_rows<true, false, true>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3]); break;
-    case 6: sgd_rows<true, true, false>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3]); break;
-    default: sgd_rows<true, true, true>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3]); break;
+    case 0: sgd_rows<false, false, false>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3], args[4]); break;
+    case 1: sgd_rows<false, false, true>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3], args[4]); break;
+    case 2: sgd_rows<false, true, false>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3], args[4]); break;
+    case 3: sgd_rows<false, true, true>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3], args[4]); break;
+    case 4: sgd_rows<true, false, false>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3], args[4]); break;
+    case 5: sgd_rows<true, false, true>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3], args[4]); break;
+    case 6: sgd_rows<true, true, false>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3], args[4]); break;
+    default: sgd_rows<true, true, true>(w, m, g, c, rows, cols, args[0], args[1], args[2], args[3], args[4]); break;
   }
 }
 

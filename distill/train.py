@@ -203,7 +203,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, i
     model.train()
     order = torch.randperm(len(inputs), generator=generator, device=inputs.device)
     total = torch.zeros((), device=inputs.device)
-    step = weight_step(model, optimizer, precision, inputs.device, fused)
+    step = weight_step(model, optimizer, precision, inputs.device, fused, config.clip_grad_norm)
     layout = image_layout(model, inputs)
     indices = order.split(config.batch_size)
     for index, batch in zip(indices, batches_of(inputs, indices)):
@@ -219,12 +219,14 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, i
 
 class AutocastStep:
     """A training step as torch runs it: the forward pass under autocast in `precision`, fp32 gradients reaching
-    the weights, the optimizer's update, then the model's constraints (max-norm)."""
+    the weights, clipped to a total norm of `clip_grad_norm` where one is given, the optimizer's update, then the
+    model's constraints (max-norm)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: ComputePrecision,
-                 device: torch.device):
+                 device: torch.device, clip_grad_norm: float | None = None):
         self.model, self.optimizer, self.precision, self.device = model, optimizer, precision, device
         self.constrain = getattr(model, "apply_constraints", None)
+        self.clip_grad_norm = clip_grad_norm
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         with autocast(self.precision, self.device):
@@ -235,17 +237,20 @@ class AutocastStep:
     def update(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
         self.optimizer.step()
         if self.constrain is not None:
             self.constrain()
 
 
 def weight_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: ComputePrecision,
-                device: torch.device, fused: bool = True) -> AutocastStep | FusedBf16Step:
+                device: torch.device, fused: bool = True,
+                clip_grad_norm: float | None = None) -> AutocastStep | FusedBf16Step:
     """The fused bf16 step where it applies (bf16 on a CPU, SGD, the kernel built), else torch's."""
     if fused and precision == "bf16" and fusable(model, optimizer, device):
-        return fused_step(model, optimizer)
-    return AutocastStep(model, optimizer, precision, device)
+        return fused_step(model, optimizer, clip_grad_norm)
+    return AutocastStep(model, optimizer, precision, device, clip_grad_norm)
 
 
 def step_inputs(model: nn.Module, optimizer: torch.optim.Optimizer, precision: ComputePrecision, inputs: Inputs,

@@ -24,13 +24,14 @@ needs_kernel = pytest.mark.skipif(not fused_step_available(),
                                   reason="the fused bf16 update cannot be compiled here (no C++ compiler or ninja)")
 
 
-def _torch_step(weight, momentum, grad, lr, mu, nesterov, decay, cap, first):
-    """The reference: torch's fused SGD on the fp32 gradient, then renorm_, then the bf16 cast."""
+def _torch_step(weight, momentum, grad, lr, mu, nesterov, decay, cap, first, scale):
+    """The reference: torch's fused SGD on the fp32 gradient times `scale` (as clip_grad_norm_ scales it), then
+    renorm_, then the bf16 cast."""
     param = torch.nn.Parameter(weight.clone())
     optimizer = torch.optim.SGD([param], lr=lr, momentum=mu, nesterov=nesterov, weight_decay=decay, fused=True)
     if not first:
         optimizer.state[param]["momentum_buffer"] = momentum.clone()
-    param.grad = grad.float()
+    param.grad = grad.float() * scale
     optimizer.step()
     with torch.no_grad():
         if cap:
@@ -39,23 +40,24 @@ def _torch_step(weight, momentum, grad, lr, mu, nesterov, decay, cap, first):
 
 
 @needs_kernel
-@pytest.mark.parametrize("shape, nesterov, decay, cap, first", [
-    ((300, 70), True, 0.0, 1.0, False),   # the norms straddle the cap: some rows scaled, others not
-    ((300, 70), False, 1e-3, 1.0, False),
-    ((300, 70), True, 1e-3, 0.0, True),   # first step: the momentum starts as the gradient
-    ((37,), True, 0.0, 0.0, False),       # a bias: one row, never capped
+@pytest.mark.parametrize("shape, nesterov, decay, cap, first, scale", [
+    ((300, 70), True, 0.0, 1.0, False, 1.0),   # the norms straddle the cap: some rows scaled, others not
+    ((300, 70), False, 1e-3, 1.0, False, 1.0),
+    ((300, 70), True, 1e-3, 0.0, True, 1.0),   # first step: the momentum starts as the gradient
+    ((37,), True, 0.0, 0.0, False, 1.0),       # a bias: one row, never capped
+    ((300, 70), True, 1e-3, 1.0, False, 0.37),  # a clipped gradient
 ])
-def test_one_fused_step_is_torchs_sgd_renorm_and_cast(shape, nesterov, decay, cap, first):
+def test_one_fused_step_is_torchs_sgd_renorm_and_cast(shape, nesterov, decay, cap, first, scale):
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(shape, generator=generator) * 0.12
     momentum = torch.randn(shape, generator=generator) * 0.01
     grad = (torch.randn(shape, generator=generator) * 0.1).to(torch.bfloat16)
-    expected = _torch_step(weight, momentum, grad, 0.3, 0.9, nesterov, decay, cap, first)
+    expected = _torch_step(weight, momentum, grad, 0.3, 0.9, nesterov, decay, cap, first, scale)
     if cap:
         norms = expected[0].norm(dim=1)
         assert (norms < cap * 0.999).any() and (norms > cap * 0.999).any()
     copy_ = torch.empty(shape, dtype=torch.bfloat16)
-    bf16_step.kernels().sgd_step(weight, momentum, grad, copy_, 0.3, 0.9, nesterov, decay, cap, first)
+    bf16_step.kernels().sgd_step(weight, momentum, grad, copy_, 0.3, 0.9, nesterov, decay, cap, first, scale)
     torch.testing.assert_close(weight, expected[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(momentum, expected[1], rtol=0, atol=1e-6)
     assert torch.equal(copy_, weight.to(torch.bfloat16))  # the copy is the cast of the weight it was written from
@@ -66,7 +68,8 @@ def test_the_copy_rounds_as_torchs_cast_does_nan_and_infinity_included():
     values = torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -2.5e-3, 3.0e38, float("inf"), float("-inf"), float("nan")])
     weight, momentum = values.clone(), torch.zeros_like(values)
     copy_ = torch.empty_like(values, dtype=torch.bfloat16)
-    bf16_step.kernels().sgd_step(weight, momentum, torch.zeros_like(copy_), copy_, 0.1, 0.9, False, 0.0, 0.0, True)
+    bf16_step.kernels().sgd_step(weight, momentum, torch.zeros_like(copy_), copy_, 0.1, 0.9, False, 0.0, 0.0, True,
+                                     1.0)
     assert torch.equal(copy_[:-1], values[:-1].to(torch.bfloat16)) and copy_[-1].isnan()
 
 
@@ -79,14 +82,15 @@ def test_the_transposing_copy_is_torchs(shape):
 
 
 def _train(fused: bool = True, epochs: int = 3, model_kwargs: dict | None = None, shift: int = 0,
-           weights: LossWeights = HARD_LABELS):
+           weights: LossWeights = HARD_LABELS, clip_grad_norm: float | None = None):
     generator = torch.Generator().manual_seed(0)
     inputs, labels = torch.rand(512, 1, 8, 8, generator=generator), torch.randint(0, 5, (512,), generator=generator)
     targets = SoftTargets(logits=torch.randn(512, 5, generator=generator) * 3) if weights.w_soft else None
     torch.manual_seed(1)
     model = create_model("mlp", 5, (1, 8, 8), **(model_kwargs or dict(hidden=[32, 16], dropout_hidden=0.3,
                                                                        max_norm=0.5)))
-    config = TrainConfig(epochs=epochs, batch_size=32, lr=0.3, weight_decay=1e-3, augment_shift=shift)
+    config = TrainConfig(epochs=epochs, batch_size=32, lr=0.3, weight_decay=1e-3, augment_shift=shift,
+                         clip_grad_norm=clip_grad_norm)
     optimizer = make_optimizer(model, config)
     scheduler = make_schedule(optimizer, config, math.ceil(len(inputs) / config.batch_size))
     order = torch.Generator().manual_seed(0)
@@ -96,14 +100,18 @@ def _train(fused: bool = True, epochs: int = 3, model_kwargs: dict | None = None
 
 
 @needs_kernel
-def test_training_with_the_fused_step_follows_the_autocast_path():
+@pytest.mark.parametrize("clip_grad_norm", [None, 0.3])
+def test_training_with_the_fused_step_follows_the_autocast_path(clip_grad_norm):
     """Dropout, max-norm (binding: lr 0.3 against a cap of 0.5), weight decay and the one-cycle schedule over three
-    epochs: the same losses and, up to fp32 rounding, the same weights and momentum. The kernel sums a row's squares
+    epochs, with and without gradient clipping: the same losses and, up to fp32 rounding, the same weights and
+    momentum. The kernel sums a row's squares
     in another order than torch's norm, and a last-bit difference in a weight sometimes flips the rounding of its
     bf16 copy (its step is 1e-3 at 0.25): differences of 1e-5 to 1e-4 build up over the 48 steps, against weights
     of 0.1 to 0.5, and how large depends on the run's dropout masks."""
-    fused_losses, fused, fused_optimizer, fused_schedule = _train(fused=True)
-    torch_losses, reference, torch_optimizer, torch_schedule = _train(fused=False)
+    fused_losses, fused, fused_optimizer, fused_schedule = _train(fused=True, clip_grad_norm=clip_grad_norm)
+    torch_losses, reference, torch_optimizer, torch_schedule = _train(fused=False, clip_grad_norm=clip_grad_norm)
+    if clip_grad_norm is not None:  # binding in some steps: the gradients' norms run 0.12 to 0.39 unclipped
+        assert fused_losses != pytest.approx(_train(fused=True)[0], rel=1e-3)
     assert fused_losses == pytest.approx(torch_losses, rel=1e-5)
     assert max(fused.row_norm_caps().values()) == 0.5
     # At the cap up to what weight decay takes off in the last steps, where the one-cycle rate is near 0.

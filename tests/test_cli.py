@@ -138,6 +138,7 @@ def test_a_folder_holding_a_run_needs_resume_and_the_same_config(tmp_path, capsy
     (["--set", "data.name=imagenet"], "unknown data set 'imagenet'"),
     (["--set", "student.loss.temperature=-1"], "temperature must be > 0"),
     (["--set", "teacher.train.average_last=41"], "teacher.train.average_last must be in [0, epochs=40], got 41"),
+    (["--set", "student.train.clip_grad_norm=0"], "student.train.clip_grad_norm must be > 0 (or null: no clipping)"),
     (["--set", "student.loss={w_soft: 0, w_hard: 0}"], "w_soft + w_hard must be > 0 (both are zero)"),
     (["--set", "student.loss.temperature"], "--set expects KEY=VALUE"),
     (["--set", "specialists.count=11"], "specialists.count=11 is more than the 10 classes of digits"),

@@ -163,12 +163,31 @@ def test_augmented_student_gets_teacher_outputs_on_each_augmented_batch(digits, 
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_nan_loss_stops_training_with_a_clear_error(digits, precision):
+@pytest.mark.parametrize("clip_grad_norm", [None, 1.0])
+def test_nan_loss_stops_training_with_a_clear_error(digits, precision, clip_grad_norm):
     bad = digits.x_train.clone()
     bad[0, 0, 0, 0] = float("nan")
     model = create_model("mlp", 10, digits.input_shape, hidden=[8])
     with pytest.raises(TrainingError, match="loss became nan in epoch 1"):
-        train(model, bad, digits.y_train, TrainConfig(epochs=2, batch_size=64, lr=0.1), precision=precision)
+        train(model, bad, digits.y_train, TrainConfig(epochs=2, batch_size=64, lr=0.1, clip_grad_norm=clip_grad_norm),
+              precision=precision)
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=bf16_only)])
+def test_a_clipped_step_moves_the_weights_by_the_clipped_norm(digits, precision):
+    """One full-batch step from zero momentum with Nesterov moves the weights by lr (1 + mu) times the gradient,
+    so by exactly lr (1 + mu) clip where the gradient's norm is above the clip, and by more without one."""
+    def first_step(clip_grad_norm):
+        torch.manual_seed(1)
+        model = create_model("mlp", 10, digits.input_shape, hidden=[32])
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        config = TrainConfig(epochs=1, batch_size=len(digits.x_train), lr=0.1, momentum=0.9, schedule="constant",
+                             clip_grad_norm=clip_grad_norm)
+        train(model, digits.x_train, digits.y_train, config, precision=precision)
+        return (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
+
+    assert first_step(1e-3) == pytest.approx(0.1 * 1.9 * 1e-3, rel=1e-3)
+    assert first_step(None) > 10 * 0.1 * 1.9 * 1e-3
 
 
 def test_cache_returns_teacher_outputs_and_is_keyed_by_teacher(digits, tmp_path):
