@@ -23,3 +23,10 @@ class TrainingError(DistilleryError):
     """A failure during the run that retrying cannot fix, such as a NaN loss."""
 
     exit_code = 1
+
+
+class RayStartError(DistilleryError):
+    """A local Ray instance that did not start (an overloaded machine, for one): the machine's state, not the
+    input's, so exit code 1, as for a full disk."""
+
+    exit_code = 1

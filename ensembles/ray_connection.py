@@ -13,7 +13,7 @@ from typing import Iterator
 
 import ray
 
-from distill.errors import ConfigError
+from distill.errors import ConfigError, RayStartError
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ def ray_session(address: str | None = None) -> Iterator[None]:
             # Ray >= 2.59 protects a local instance with a token, and warns that it did on every start: the
             # protection is what we want, the warning is noise in each run's output.
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-            ray.init(address="local", dashboard_host="127.0.0.1", logging_level=logging.WARNING,
-                     log_to_driver=False)
+            _start_local()
             _watch_driver()
         else:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
@@ -49,6 +48,15 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _start_local() -> None:
+    try:
+        ray.init(address="local", dashboard_host="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+    except Exception as error:  # noqa: BLE001 - Ray reports a node that timed out during startup as a bare Exception
+        ray.shutdown()  # whatever part of the instance did start goes with it
+        raise RayStartError(f"could not start a local Ray instance: {_first_line(error)} (on a busy machine, run "
+                            f"again when it is less loaded)") from None
 
 
 def _watch_driver() -> None:

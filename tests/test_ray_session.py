@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 
-from ensembles.ray_connection import _token_hint
+from distill.errors import RayStartError
+from ensembles.ray_connection import _token_hint, ray_session
 from ensembles.ray_watchdog import _descendants, _is_ray, _processes, _stat
 
 
@@ -24,6 +26,24 @@ def test_a_refused_explicit_address_hints_at_token_authentication(monkeypatch, a
     if auth_mode:
         monkeypatch.setenv("RAY_AUTH_MODE", auth_mode)
     assert ("RAY_AUTH_MODE=token" in _token_hint(address)) is hinted
+
+
+def test_a_local_instance_that_does_not_start_is_one_line_and_exit_code_1(monkeypatch, capsys):
+    """On an overloaded machine Ray gives up on its own node with a bare Exception (ray._private.node)."""
+    def timed_out(**kwargs):
+        raise Exception("The current node timed out during startup. This could happen because some of the raylet "
+                        "failed to startup or the GCS has become overloaded.\n(a traceback's worth of detail)")
+
+    shut_down = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the shared test cluster stays connected
+    monkeypatch.setattr(ray, "init", timed_out)
+    monkeypatch.setattr(ray, "shutdown", lambda: shut_down.append(True))
+    with pytest.raises(RayStartError) as raised, ray_session():
+        pass
+    assert str(raised.value) == ("could not start a local Ray instance: The current node timed out during startup. "
+                                 "This could happen because some of the raylet failed to startup or the GCS has "
+                                 "become overloaded. (on a busy machine, run again when it is less loaded)")
+    assert raised.value.exit_code == 1 and shut_down == [True]
 
 
 def _listening(pgid: int) -> list[str]:
