@@ -78,7 +78,7 @@ class TrainConfig:
     # Gradients are scaled down to this total L2 norm before each update where theirs is larger (torch's
     # clip_grad_norm_); None leaves them as they are. A student at high T needs it most: the soft term's gradient
     # on the logits is T (q_T - p_T), up to T times the hard-label term's, so at the hard-label baseline's learning
-    # rate its steps are several times longer (docs/method.md, "Gradient clipping").
+    # rate its steps are several times longer (docs/method.md, "Gradient size at high T").
     clip_grad_norm: float | None = None
 
     @property
