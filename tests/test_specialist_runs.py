@@ -6,6 +6,7 @@ import torch
 from conftest import job_events, run_metrics, set_args
 from distill.checkpoint import load_checkpoint
 from distill.config import load_config
+from distillery import DEMO_CONFIG
 from distillery.cli import main
 from distillery.pipeline import run
 from specialists.clustering import read_subsets, subsets_path
@@ -61,7 +62,7 @@ def test_specialists_are_the_generalists_architecture_over_subset_plus_dustbin(f
 def test_resume_reuses_subsets_and_specialists(finished, tmp_path):
     before = {path.name: path.read_bytes() for path in [finished / "specialists" / "subsets.json",
                                                         *finished.glob("specialist_*.pt")]}
-    config = load_config(overrides=[*SPECIALISTS, "cluster.executor=local"])
+    config = load_config(DEMO_CONFIG, [*SPECIALISTS, "cluster.executor=local"])  # the config `finished` ran
     metrics = run(config, finished, data_root=tmp_path, resume=True)
     assert {path.name: path.read_bytes() for path in [finished / "specialists" / "subsets.json",
                                                       *finished.glob("specialist_*.pt")]} == before
@@ -71,7 +72,7 @@ def test_resume_reuses_subsets_and_specialists(finished, tmp_path):
 
 def test_specialists_train_in_parallel_on_the_ray_cluster(ray_cluster, finished, tmp_path):
     out = tmp_path / "ray"
-    config = load_config(overrides=[*SPECIALISTS, "cluster.num_cpus=1"])
+    config = load_config(DEMO_CONFIG, [*SPECIALISTS, "cluster.num_cpus=1"])
     metrics = run(config, out, data_root=tmp_path)
     nodes = {event["node"] for m in range(4) for event in job_events(out, f"specialist_{m}")}
     assert len(nodes - {None}) == 2  # the four specialists ran on both worker nodes
