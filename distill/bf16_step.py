@@ -22,6 +22,8 @@ student's bf16 epoch took 0.48 of its fp32 epoch against 0.58 under autograd, th
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -80,7 +82,7 @@ class FusedBf16Step:
     def update(self, loss: torch.Tensor) -> None:
         group = self.optimizer.param_groups[0]
         grads = self.gradients(loss)
-        scale = clip_scale(list(grads.values()), self.clip_grad_norm)
+        scale = clip_scale(grads.values(), self.clip_grad_norm)
         for name, grad in grads.items():
             param = self.params[name]
             state = self.optimizer.state[param]
@@ -98,7 +100,7 @@ class FusedBf16Step:
             self.schedule_told = True
 
 
-def clip_scale(grads: list[torch.Tensor], max_norm: float | None) -> float:
+def clip_scale(grads: Collection[torch.Tensor], max_norm: float | None) -> float:
     """The factor torch.nn.utils.clip_grad_norm_ scales gradients by: max_norm / (their total L2 norm + 1e-6), at
     most 1; 1 without a max_norm. The norms are summed in fp32 (bf16 ones would be only three digits exact), so the
     factor is the autocast path's up to rounding. A NaN norm gives 1: the NaN reaches the weights either way."""
